@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny datasets written by the tests themselves (no network, no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from nerfstudio_3dae.data.layout import Intrinsics, write_scene, write_scenes_index  # noqa: E402
+
+
+def look_at_c2w(eye: np.ndarray, target: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """[4, 4] OpenGL camera-to-world looking from ``eye`` at ``target`` with world +Z up."""
+    forward = np.asarray(target, dtype=float) - eye
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, -forward, eye
+    return c2w
+
+
+def ring_poses(num: int, radius: float = 1.3, height: float = 0.5) -> List[np.ndarray]:
+    angles = np.linspace(0, 2 * np.pi, num, endpoint=False)
+    return [look_at_c2w(np.array([radius * np.cos(a), radius * np.sin(a), height])) for a in angles]
+
+
+def write_tiny_scene(
+    scene_dir: Path,
+    views: int = 4,
+    size: int = 16,
+    splits: Optional[Sequence[Optional[str]]] = None,
+    seed: int = 0,
+) -> Path:
+    rng = np.random.default_rng(seed)
+    (scene_dir / "images").mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i, c2w in enumerate(ring_poses(views)):
+        name = f"images/{i:04d}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(scene_dir / name)
+        frames.append((name, c2w, None if splits is None else splits[i]))
+    intr = Intrinsics(fx=size * 1.2, fy=size * 1.2, cx=size / 2, cy=size / 2, width=size, height=size)
+    return write_scene(scene_dir, intr, frames)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path):
+    """A factory: ``tiny_dataset(num_scenes=3, views=4, size=16)`` writes a dataset and returns its root."""
+
+    def make(num_scenes: int = 3, views: int = 4, size: int = 16, name: str = "data") -> Path:
+        root = tmp_path / name
+        names = [f"obj_{i:03d}" for i in range(num_scenes)]
+        for i, scene in enumerate(names):
+            write_tiny_scene(root / scene, views=views, size=size, seed=i)
+        write_scenes_index(root, names)
+        return root
+
+    return make
