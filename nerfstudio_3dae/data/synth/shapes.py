@@ -1,0 +1,373 @@
+"""Parametric object builders: many look-alike but different objects of one category.
+
+Every builder takes a ``numpy.random.Generator``, draws the object's parameters from it and returns a
+:class:`SynthObject`: a ``trimesh.Trimesh`` with one RGBA colour per face plus the parameters (JSON-friendly) for
+provenance. Objects are built from convex pieces (boxes, extruded profiles, cylinders) in metre-like units with the
+ground at z = 0 and +Z up, then centred on their bounding box and scaled so their largest side is ``extent``
+(default 0.9) and no vertex is farther than ``max_radius`` (0.55) from the origin: they sit well inside [-1, 1]^3
+and stay wholly in frame in every view of :mod:`nerfstudio_3dae.data.synth.cameras`.
+
+Categories: ``car`` (body, glass cabin, roof, 4 wheels with hubs, head/tail lights, grille, optional bumpers,
+mirrors, spoiler, roof box), ``chair`` (seat, solid or slatted back, 4 legs or a pedestal with a star base, optional
+armrests) and ``table`` (rectangular or round top, 4 legs or a pedestal, optional apron and shelf).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import trimesh
+
+Color = Tuple[float, float, float]
+DEFAULT_EXTENT = 0.9
+# 1.3 * sin(26 deg) = 0.57: a ball of this radius stays inside the SRN-like 52-degree view from 1.3 away.
+DEFAULT_MAX_RADIUS = 0.55
+CYLINDER_SECTIONS = 16
+
+
+@dataclass
+class SynthObject:
+    """One generated object."""
+
+    mesh: trimesh.Trimesh
+    """Triangles with per-face colours (``mesh.visual.face_colors``, uint8 RGBA), inside [-1, 1]^3, +Z up."""
+    params: Dict[str, object]
+    """The drawn parameters (before normalisation), the category and the normalisation scale."""
+
+
+@dataclass
+class _Parts:
+    """Accumulates convex pieces with one colour each and joins them into a single coloured mesh."""
+
+    vertices: List[np.ndarray] = field(default_factory=list)
+    faces: List[np.ndarray] = field(default_factory=list)
+    colors: List[np.ndarray] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, piece: Tuple[np.ndarray, np.ndarray], color: Color) -> None:
+        verts, faces = piece  # [N, 3], [F, 3]
+        self.vertices.append(verts)
+        self.faces.append(faces + self.count)
+        self.colors.append(np.tile(np.asarray(color, dtype=np.float64), (len(faces), 1)))
+        self.count += len(verts)
+
+    def build(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(vertices [N, 3], faces [F, 3], colours [F, 3] in [0, 1])``."""
+        return np.concatenate(self.vertices), np.concatenate(self.faces), np.concatenate(self.colors)
+
+
+# ----------------------------------------------------------------------------------------------- convex pieces
+
+
+def _extrusion(bottom: np.ndarray, top: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """A closed convex solid between two planar convex rings with matching vertex order.
+
+    Args:
+        bottom: [N, 3] first ring.
+        top: [N, 3] second ring.
+    Returns:
+        vertices [2N, 3] and faces [4N - 4, 3], wound so that normals point outwards.
+    """
+    n = len(bottom)
+    verts = np.concatenate([bottom, top]).astype(np.float64)
+    idx = np.arange(n)
+    nxt = (idx + 1) % n
+    sides = np.concatenate([np.stack([idx, nxt, nxt + n], 1), np.stack([idx, nxt + n, idx + n], 1)])
+    fan = np.arange(1, n - 1)
+    caps = np.concatenate(
+        [np.stack([np.zeros_like(fan), fan + 1, fan], 1), np.stack([np.full_like(fan, n), fan + n, fan + 1 + n], 1)]
+    )
+    faces = np.concatenate([sides, caps])
+    # Orient every triangle away from the centroid (valid because each piece is convex).
+    tri = verts[faces]  # [F, 3, 3]
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    outward = np.einsum("fi,fi->f", normal, tri.mean(1) - verts.mean(0)) >= 0
+    faces[~outward] = faces[~outward][:, ::-1]
+    return verts, faces
+
+
+def box(center: Sequence[float], size: Sequence[float], yaw: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+    """An axis-aligned box (optionally turned by ``yaw`` radians about +Z) of full ``size`` around ``center``."""
+    sx, sy, sz = (0.5 * s for s in size)
+    ring = np.array([[-sx, -sy], [sx, -sy], [sx, sy], [-sx, sy]])  # [4, 2]
+    c, s = np.cos(yaw), np.sin(yaw)
+    ring = ring @ np.array([[c, s], [-s, c]])
+    ctr = np.asarray(center, dtype=np.float64)
+    bottom = np.column_stack([ring, np.full(4, -sz)]) + ctr
+    top = np.column_stack([ring, np.full(4, sz)]) + ctr
+    return _extrusion(bottom, top)
+
+
+def cylinder(p0: Sequence[float], p1: Sequence[float], radius: float, sections: int = CYLINDER_SECTIONS):
+    """A closed cylinder of ``radius`` with its axis from ``p0`` to ``p1``."""
+    a, b = np.asarray(p0, dtype=np.float64), np.asarray(p1, dtype=np.float64)
+    axis = (b - a) / np.linalg.norm(b - a)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    u = np.cross(axis, helper)
+    u /= np.linalg.norm(u)
+    v = np.cross(axis, u)
+    ang = np.linspace(0.0, 2 * np.pi, sections, endpoint=False)
+    ring = radius * (np.cos(ang)[:, None] * u + np.sin(ang)[:, None] * v)  # [S, 3]
+    return _extrusion(ring + a, ring + b)
+
+
+def side_profile(profile_xz: np.ndarray, half_width_bottom: float, half_width_top: float):
+    """A convex side profile (x, z) extruded across Y; the half width varies linearly with z (tumblehome)."""
+    z = profile_xz[:, 1]
+    frac = (z - z.min()) / max(z.max() - z.min(), 1e-9)
+    half = half_width_bottom + (half_width_top - half_width_bottom) * frac  # [N]
+    left = np.column_stack([profile_xz[:, 0], -half, z])
+    right = np.column_stack([profile_xz[:, 0], half, z])
+    return _extrusion(left, right)
+
+
+# ------------------------------------------------------------------------------------------------------ colours
+
+
+def _jitter(rng: np.random.Generator, color: Color, amount: float = 0.06) -> Color:
+    return tuple(float(c) for c in np.clip(np.asarray(color) + rng.uniform(-amount, amount, 3), 0.0, 1.0))
+
+
+def _hsv(rng: np.random.Generator, h: Tuple[float, float], s: Tuple[float, float], v: Tuple[float, float]) -> Color:
+    return tuple(float(c) for c in colorsys.hsv_to_rgb(rng.uniform(*h) % 1.0, rng.uniform(*s), rng.uniform(*v)))
+
+
+CAR_PAINTS: Tuple[Color, ...] = (
+    (0.80, 0.10, 0.10), (0.10, 0.25, 0.70), (0.92, 0.92, 0.92), (0.15, 0.15, 0.17), (0.65, 0.67, 0.70),
+    (0.10, 0.50, 0.25), (0.95, 0.75, 0.10), (0.55, 0.30, 0.15), (0.95, 0.45, 0.10), (0.35, 0.70, 0.85),
+)
+WOODS: Tuple[Color, ...] = ((0.55, 0.35, 0.18), (0.72, 0.53, 0.32), (0.35, 0.22, 0.12), (0.85, 0.72, 0.52))
+METALS: Tuple[Color, ...] = ((0.15, 0.15, 0.16), (0.70, 0.71, 0.73), (0.90, 0.90, 0.88))
+
+
+def _pick(rng: np.random.Generator, palette: Sequence[Color]) -> Color:
+    return _jitter(rng, palette[int(rng.integers(len(palette)))])
+
+
+# --------------------------------------------------------------------------------------------------------- car
+
+
+def _car(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
+    L = rng.uniform(3.6, 5.0)
+    p = {
+        "length": L,
+        "width": L * rng.uniform(0.38, 0.46),
+        "clearance": rng.uniform(0.14, 0.26),
+        "body_height": rng.uniform(0.45, 0.75),
+        "wheel_radius": rng.uniform(0.29, 0.40),
+        "wheel_width": rng.uniform(0.18, 0.28),
+        "wheelbase": L * rng.uniform(0.56, 0.64),
+        "wheel_shift": L * rng.uniform(-0.03, 0.03),
+        "hood": L * rng.uniform(0.18, 0.32),
+        "trunk": L * rng.uniform(0.04, 0.24),
+        "cabin_height": rng.uniform(0.38, 0.62),
+        "windshield_slope": rng.uniform(0.5, 1.4),
+        "rear_slope": rng.uniform(0.2, 1.2),
+        "cabin_width": rng.uniform(0.84, 0.96),
+        "tumblehome": rng.uniform(0.78, 0.92),
+        "paint": _pick(rng, CAR_PAINTS),
+        "glass": _jitter(rng, (0.18, 0.24, 0.30), 0.04),
+        "hub": _jitter(rng, (0.70, 0.70, 0.72), 0.1),
+        "bumpers": bool(rng.random() < 0.6),
+        "mirrors": bool(rng.random() < 0.7),
+        "spoiler": bool(rng.random() < 0.25),
+        "roof_box": bool(rng.random() < 0.2),
+    }
+    W, c, bh, r = p["width"], p["clearance"], p["body_height"], p["wheel_radius"]
+    xf, xr, z1 = L / 2, -L / 2, c + bh
+    paint, dark = p["paint"], (0.08, 0.08, 0.09)
+    nose, tail = 0.5 * p["hood"] * rng.uniform(0.3, 0.6), 0.3 * rng.uniform(0.2, 0.6)
+    body = np.array(
+        [[xr + 0.15, c], [xf - 0.2, c], [xf, c + 0.4 * bh], [xf - nose, z1], [xr + tail, z1], [xr, c + 0.5 * bh]]
+    )
+    parts.add(side_profile(body, W / 2, W / 2 * 0.97), paint)
+    # Cabin: glass trapezoid with a painted roof slab.
+    ch = p["cabin_height"]
+    cb_r, cb_f = xr + p["trunk"], xf - p["hood"]
+    ct_r = cb_r + p["rear_slope"] * ch
+    ct_f = max(cb_f - p["windshield_slope"] * ch, ct_r + 0.25 * (cb_f - cb_r))
+    cw = p["cabin_width"] * W / 2
+    cabin = np.array([[cb_r, z1 - 0.02], [cb_f, z1 - 0.02], [ct_f, z1 + ch], [ct_r, z1 + ch]])
+    parts.add(side_profile(cabin, cw, cw * p["tumblehome"]), p["glass"])
+    zr = z1 + ch
+    roof = np.array([[ct_r - 0.03, zr - 0.01], [ct_f + 0.03, zr - 0.01], [ct_f, zr + 0.05], [ct_r, zr + 0.05]])
+    parts.add(side_profile(roof, cw * p["tumblehome"] + 0.01, cw * p["tumblehome"]), paint)
+    # Wheels with hub caps.
+    ww = p["wheel_width"]
+    for x in (p["wheelbase"] / 2 + p["wheel_shift"], -p["wheelbase"] / 2 + p["wheel_shift"]):
+        for side in (-1.0, 1.0):
+            y_out = side * (W / 2 + 0.02)
+            parts.add(cylinder((x, y_out - side * ww, r), (x, y_out, r), r), dark)
+            parts.add(cylinder((x, y_out - side * 0.01, r), (x, y_out + side * 0.015, r), 0.6 * r), p["hub"])
+    # Lights, grille, optional bumpers.
+    for side in (-1.0, 1.0):
+        parts.add(box((xf - 0.03, side * 0.32 * W, c + 0.3 * bh), (0.08, 0.2 * W, 0.12 * bh)), (1.0, 0.95, 0.75))
+        parts.add(box((xr + 0.03, side * 0.34 * W, c + 0.38 * bh), (0.08, 0.18 * W, 0.1 * bh)), (0.85, 0.05, 0.05))
+    parts.add(box((xf - 0.03, 0.0, c + 0.26 * bh), (0.07, 0.3 * W, 0.12 * bh)), (0.12, 0.12, 0.13))
+    if p["bumpers"]:
+        for x in (xf - 0.05, xr + 0.05):
+            parts.add(box((x, 0.0, c + 0.08 * bh), (0.16, 0.98 * W, 0.12 * bh)), (0.2, 0.2, 0.21))
+    if p["mirrors"]:
+        for side in (-1.0, 1.0):
+            parts.add(box((cb_f - 0.1, side * (cw + 0.07), z1 + 0.08), (0.1, 0.14, 0.08)), paint)
+    if p["spoiler"]:
+        xs = xr + max(tail, 0.12) + 0.05
+        for side in (-1.0, 1.0):
+            parts.add(box((xs, side * 0.3 * W, z1 + 0.06), (0.05, 0.04, 0.14)), dark)
+        parts.add(box((xs, 0.0, z1 + 0.14), (0.22, 0.9 * W, 0.035)), paint)
+    if p["roof_box"]:
+        parts.add(box(((ct_r + ct_f) / 2, 0.0, z1 + ch + 0.12), (0.7 * (ct_f - ct_r), 0.55 * W, 0.14)), (0.1, 0.1, 0.1))
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------- chair
+
+
+def _chair(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
+    p = {
+        "seat_width": rng.uniform(0.40, 0.56),
+        "seat_depth": rng.uniform(0.40, 0.54),
+        "seat_height": rng.uniform(0.40, 0.50),
+        "seat_thickness": rng.uniform(0.04, 0.10),
+        "back_height": rng.uniform(0.35, 0.60),
+        "back_thickness": rng.uniform(0.03, 0.07),
+        "back_tilt": rng.uniform(0.0, 0.15),
+        "leg_thickness": rng.uniform(0.03, 0.06),
+        "round_legs": bool(rng.random() < 0.4),
+        "base": "pedestal" if rng.random() < 0.25 else "legs",
+        "slatted_back": bool(rng.random() < 0.3),
+        "armrests": bool(rng.random() < 0.35),
+        "frame": _pick(rng, WOODS + METALS),
+        "cushion": _hsv(rng, (0.0, 1.0), (0.3, 0.8), (0.35, 0.9)),
+    }
+    sw, sd, sh, st = p["seat_width"], p["seat_depth"], p["seat_height"], p["seat_thickness"]
+    lt, frame = p["leg_thickness"], p["frame"]
+    parts.add(box((0.0, 0.0, sh - st / 2), (sd, sw, st)), p["cushion"])
+    if p["base"] == "legs":
+        for sx in (-1.0, 1.0):
+            for sy in (-1.0, 1.0):
+                x, y = sx * (sd / 2 - lt), sy * (sw / 2 - lt)
+                if p["round_legs"]:
+                    parts.add(cylinder((x, y, 0.0), (x, y, sh - st), lt / 2, 10), frame)
+                else:
+                    parts.add(box((x, y, (sh - st) / 2), (lt, lt, sh - st)), frame)
+    else:
+        parts.add(cylinder((0.0, 0.0, 0.06), (0.0, 0.0, sh - st), 0.03), frame)
+        n_feet = int(rng.integers(4, 6))
+        p["feet"] = n_feet
+        for k in range(n_feet):
+            yaw = 2 * np.pi * k / n_feet
+            arm = 0.45 * max(sw, sd)
+            parts.add(box((0.5 * arm * np.cos(yaw), 0.5 * arm * np.sin(yaw), 0.04), (arm, 0.05, 0.04), yaw), frame)
+    # Back: a slab (or posts, slats and a top rail) leaning backwards (-X) by back_tilt.
+    bh, bt, tilt = p["back_height"], p["back_thickness"], p["back_tilt"]
+    x0 = -sd / 2 + bt / 2
+
+    def leaning(y: float, width: float, z0: float, z1: float, color: Color) -> None:
+        ring = np.array([[-bt / 2, -width / 2], [bt / 2, -width / 2], [bt / 2, width / 2], [-bt / 2, width / 2]])
+        lo, hi = tilt * (z0 - sh) / bh, tilt * (z1 - sh) / bh
+        bottom = np.column_stack([ring[:, 0] + x0 - lo, ring[:, 1] + y, np.full(4, z0)])
+        top = np.column_stack([ring[:, 0] + x0 - hi, ring[:, 1] + y, np.full(4, z1)])
+        parts.add(_extrusion(bottom, top), color)
+
+    if p["slatted_back"]:
+        n_slats = int(rng.integers(2, 5))
+        p["slats"] = n_slats
+        for y in (-sw / 2 + lt / 2, sw / 2 - lt / 2):
+            leaning(y, lt, sh, sh + bh, frame)
+        leaning(0.0, sw, sh + 0.8 * bh, sh + bh, frame)
+        for y in np.linspace(-sw / 2, sw / 2, n_slats + 2)[1:-1]:
+            leaning(float(y), 0.4 * sw / (n_slats + 1), sh, sh + 0.8 * bh, frame)
+    else:
+        leaning(0.0, sw, sh - 0.01, sh + bh, p["cushion"])
+    if p["armrests"]:
+        for sy in (-1.0, 1.0):
+            y = sy * (sw / 2 - 0.02)
+            parts.add(box((0.1 * sd, y, sh + 0.1), (0.04, 0.04, 0.2)), frame)
+            parts.add(box((-0.05 * sd, y, sh + 0.21), (0.85 * sd, 0.06, 0.03)), frame)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------- table
+
+
+def _table(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
+    w = rng.uniform(0.8, 1.6)
+    p = {
+        "top_width": w,
+        "top_depth": w * rng.uniform(0.5, 1.0),
+        "height": rng.uniform(0.68, 0.80),
+        "top_thickness": rng.uniform(0.03, 0.08),
+        "round_top": bool(rng.random() < 0.3),
+        "base": "pedestal" if rng.random() < 0.3 else "legs",
+        "leg_thickness": rng.uniform(0.04, 0.09),
+        "apron": bool(rng.random() < 0.5),
+        "shelf": bool(rng.random() < 0.25),
+        "top_color": _pick(rng, WOODS + ((0.92, 0.92, 0.9), (0.2, 0.2, 0.2))),
+        "leg_color": _pick(rng, WOODS + METALS),
+    }
+    h, tt, lt = p["height"], p["top_thickness"], p["leg_thickness"]
+    if p["round_top"]:
+        p["top_depth"] = p["top_width"]
+    tw, td = p["top_width"], p["top_depth"]
+    if p["round_top"]:
+        parts.add(cylinder((0.0, 0.0, h - tt), (0.0, 0.0, h), tw / 2, 32), p["top_color"])
+    else:
+        parts.add(box((0.0, 0.0, h - tt / 2), (tw, td, tt)), p["top_color"])
+    inset = 0.35 if p["round_top"] else 0.5
+    lx, ly = inset * tw - lt, inset * td - lt
+    if p["base"] == "legs":
+        for sx in (-1.0, 1.0):
+            for sy in (-1.0, 1.0):
+                parts.add(box((sx * lx, sy * ly, (h - tt) / 2), (lt, lt, h - tt)), p["leg_color"])
+        if p["apron"]:
+            for sign in (-1.0, 1.0):
+                parts.add(box((0.0, sign * ly, h - tt - 0.05), (2 * lx, lt / 2, 0.1)), p["leg_color"])
+                parts.add(box((sign * lx, 0.0, h - tt - 0.05), (lt / 2, 2 * ly, 0.1)), p["leg_color"])
+        if p["shelf"]:
+            parts.add(box((0.0, 0.0, 0.2 * h), (2 * lx, 2 * ly, 0.025)), p["top_color"])
+    else:
+        parts.add(cylinder((0.0, 0.0, 0.03), (0.0, 0.0, h - tt), 1.2 * lt), p["leg_color"])
+        parts.add(cylinder((0.0, 0.0, 0.0), (0.0, 0.0, 0.03), 0.3 * min(tw, td), 24), p["leg_color"])
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------ public
+
+BUILDERS: Dict[str, Callable[[np.random.Generator, _Parts], Dict[str, object]]] = {
+    "car": _car,
+    "chair": _chair,
+    "table": _table,
+}
+CATEGORIES: Tuple[str, ...] = tuple(BUILDERS)
+
+
+def build_object(
+    category: str, rng: np.random.Generator, extent: float = DEFAULT_EXTENT, max_radius: float = DEFAULT_MAX_RADIUS
+) -> SynthObject:
+    """Draw one object of ``category`` from ``rng``.
+
+    The object is centred on its bounding box and scaled so that its largest side is ``extent`` (< 2), or less if
+    needed to keep every vertex within ``max_radius`` of the origin. Up is +Z.
+    """
+    if category not in BUILDERS:
+        raise ValueError(f"--category {category!r} is unknown; choose one of {', '.join(CATEGORIES)}")
+    if not 0.0 < extent < 2.0:
+        raise ValueError(f"object extent {extent} must lie in (0, 2) to fit inside [-1, 1]^3")
+    parts = _Parts()
+    params = BUILDERS[category](rng, parts)
+    verts, faces, colors = parts.build()  # [N, 3], [F, 3], [F, 3]
+    lo, hi = verts.min(0), verts.max(0)
+    verts = verts - (lo + hi) / 2
+    scale = min(extent / float((hi - lo).max()), max_radius / float(np.linalg.norm(verts, axis=1).max()))
+    verts = verts * scale
+    assert np.all(np.abs(verts) <= 1.0), "a generated object left [-1, 1]^3"
+    rgba = np.concatenate([np.round(colors * 255), np.full((len(faces), 1), 255.0)], 1).astype(np.uint8)
+    mesh = trimesh.Trimesh(vertices=verts, faces=faces, face_colors=rgba, process=False)
+    # Builders draw plain Python numbers; the JSON round trip turns tuples into lists and proves it serialises.
+    params = {"category": category, **json.loads(json.dumps(params)), "normalisation_scale": scale}
+    return SynthObject(mesh=mesh, params=params)
