@@ -1,0 +1,200 @@
+"""Tri-Plane bank with shared macro bases, and the shared decoder MLP.
+
+Every scene ``s`` is a Tri-Plane ``T_s = concat(micro_s, macro_s)`` of shape ``[3, C, R, R]`` with
+``C = C_mic + C_mac``. ``micro_s`` is scene specific; ``macro_s = sum_m W[s, m] * B_m + b_s`` mixes
+``M`` shared bases ``B`` with per-scene weights ``W`` and a per-scene scalar bias ``b``.
+
+Plane / coordinate convention (see :func:`project_to_planes`)::
+
+    plane 0 = xy: grid_sample x (width, column index) <- world x, grid_sample y (height, row index) <- world y
+    plane 1 = xz: grid_sample x (width, column index) <- world x, grid_sample y (height, row index) <- world z
+    plane 2 = yz: grid_sample x (width, column index) <- world y, grid_sample y (height, row index) <- world z
+
+so ``planes[s, 1, :, i, j]`` is the texel at world ``x = centre(j)``, ``z = centre(i)`` for any ``y``.
+Sampling uses ``align_corners=False``: the plane covers the world box ``[-1, 1]`` edge to edge, and
+texel ``k`` (row or column) has its centre at ``-1 + (2k + 1) / R``. Within half a texel of the box
+border, bilinear interpolation blends with the zero padding; points outside ``[-1, 1]^3`` get zero
+features (and :func:`decode_points` then zeroes their density by default).
+"""
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+WIDENED_SIGMOID_EPS = 1e-3
+"""MipNeRF's widened sigmoid margin: outputs lie in ``[-eps, 1 + eps]`` before the range mapping."""
+
+
+def compose_planes(
+    micro: Float[Tensor, "S 3 Cmic R R"],
+    weights: Float[Tensor, "S M"],
+    bias: Float[Tensor, "S"],
+    bases: Float[Tensor, "M 3 Cmac R R"],
+) -> Float[Tensor, "S 3 C R R"]:
+    """Mix the shared bases into each scene's macro planes and append them to the micro planes.
+
+    ``macro[s] = sum_m weights[s, m] * bases[m] + bias[s]``; the result is
+    ``concat(micro, macro)`` along the channel axis (micro channels first), ``C = Cmic + Cmac``.
+    With ``M = 0`` the macro planes are the bias alone.
+    """
+    macro = torch.einsum("sm,mpcij->spcij", weights, bases)  # [S, 3, Cmac, R, R]
+    macro = macro + bias[:, None, None, None, None]
+    return torch.cat([micro, macro], dim=2)
+
+
+def project_to_planes(points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "3 *bs 2"]:
+    """Project points onto the xy, xz and yz planes, as ``grid_sample`` (x, y) coordinates.
+
+    Output ``[p, ..., 0]`` is grid_sample's x (the width axis, i.e. the column index of a
+    ``[.., H, W]`` plane) and ``[p, ..., 1]`` its y (height axis, row index):
+
+    - plane 0 (xy): (x, y)  -> column <- world x, row <- world y
+    - plane 1 (xz): (x, z)  -> column <- world x, row <- world z
+    - plane 2 (yz): (y, z)  -> column <- world y, row <- world z
+    """
+    x, y, z = points.unbind(dim=-1)
+    return torch.stack(
+        [torch.stack([x, y], dim=-1), torch.stack([x, z], dim=-1), torch.stack([y, z], dim=-1)], dim=0
+    )
+
+
+def sample_triplanes(
+    planes: Float[Tensor, "S 3 C R R"],
+    points: Float[Tensor, "S P 3"],
+) -> Float[Tensor, "S P C"]:
+    """Bilinearly sample each scene's three planes at its points and sum over the planes.
+
+    One ``grid_sample`` call serves all scenes and planes (``align_corners=False``, zero padding):
+    scene ``s`` samples only ``planes[s]`` with ``points[s]``. Points are world coordinates in
+    ``[-1, 1]^3``; see the module docstring for the texel-centre convention.
+    """
+    num_scenes, _, channels, res_h, res_w = planes.shape
+    num_points = points.shape[1]
+    coords = project_to_planes(points)  # [3, S, P, 2]
+    coords = coords.permute(1, 0, 2, 3).reshape(num_scenes * 3, 1, num_points, 2)  # [S*3, 1, P, 2]
+    flat = planes.reshape(num_scenes * 3, channels, res_h, res_w)  # [S*3, C, R, R]
+    feats = F.grid_sample(flat, coords, mode="bilinear", padding_mode="zeros", align_corners=False)  # [S*3, C, 1, P]
+    feats = feats.reshape(num_scenes, 3, channels, num_points).sum(dim=1)  # [S, C, P]
+    return feats.permute(0, 2, 1)  # [S, P, C]
+
+
+def inside_box(points: Float[Tensor, "*bs 3"], bound: float = 1.0) -> Bool[Tensor, "*bs"]:
+    """True where a point lies in the closed box ``[-bound, bound]^3``."""
+    return (points.abs() <= bound).all(dim=-1)
+
+
+def tv_loss(planes: Float[Tensor, "*bs R R"]) -> Float[Tensor, ""]:
+    """Total variation of planes: mean squared difference of vertical plus of horizontal neighbours."""
+    d_rows = planes[..., 1:, :] - planes[..., :-1, :]
+    d_cols = planes[..., :, 1:] - planes[..., :, :-1]
+    return d_rows.square().mean() + d_cols.square().mean()
+
+
+def widened_sigmoid(x: Tensor, eps: float = WIDENED_SIGMOID_EPS) -> Tensor:
+    """MipNeRF's ``sigmoid(x) * (1 + 2 eps) - eps``: reaches 0 and 1 with finite logits."""
+    return torch.sigmoid(x) * (1.0 + 2.0 * eps) - eps
+
+
+class TriplaneBank(nn.Module):
+    """Tri-Planes of ``num_scenes`` scenes: per-scene micro planes plus mixed shared macro bases.
+
+    Parameters: ``micro [N, 3, Cmic, R, R]``, ``bases [M, 3, Cmac, R, R]``, ``weights [N, M]``,
+    ``bias [N]``. Initialisation: micro and bases ~ N(0, ``plane_std``); ``weights`` ~
+    N(0, 1/sqrt(M)) so that a scene's mixed macro planes have the same per-texel std as its micro
+    planes (sum of M products, variance M * (1/M) * std^2) and scenes start different from each
+    other; ``bias`` = 0.
+
+    ``M = 0`` or ``Cmac = 0`` means no macro planes (micro only, ``C = Cmic``); ``Cmic = 0`` means
+    macro only. At least one of the two must give channels.
+    """
+
+    def __init__(
+        self,
+        num_scenes: int,
+        resolution: int = 64,
+        micro_channels: int = 10,
+        macro_channels: int = 22,
+        num_bases: int = 50,
+        plane_std: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if num_bases == 0 or macro_channels == 0:
+            num_bases, macro_channels = 0, 0
+        if micro_channels + macro_channels <= 0:
+            raise ValueError("TriplaneBank needs micro or macro channels")
+        self.num_scenes = num_scenes
+        self.resolution = resolution
+        self.micro_channels = micro_channels
+        self.macro_channels = macro_channels
+        self.num_bases = num_bases
+        res = resolution
+        self.micro = nn.Parameter(torch.randn(num_scenes, 3, micro_channels, res, res) * plane_std)
+        self.bases = nn.Parameter(torch.randn(num_bases, 3, macro_channels, res, res) * plane_std)
+        weight_std = 1.0 / math.sqrt(num_bases) if num_bases > 0 else 0.0
+        self.weights = nn.Parameter(torch.randn(num_scenes, num_bases) * weight_std)
+        self.bias = nn.Parameter(torch.zeros(num_scenes))
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of a composed Tri-Plane, ``C = Cmic + Cmac`` (the decoder's input size)."""
+        return self.micro_channels + self.macro_channels
+
+    def planes(self, scene_ids: Int[Tensor, "S"]) -> Float[Tensor, "S 3 C R R"]:
+        """Composed Tri-Planes of the given scenes only (gradients reach only their rows)."""
+        micro = self.micro[scene_ids]  # [S, 3, Cmic, R, R]
+        if self.num_bases == 0:
+            return micro
+        return compose_planes(micro, self.weights[scene_ids], self.bias[scene_ids], self.bases)
+
+    def forward(self, scene_ids: Int[Tensor, "S"]) -> Float[Tensor, "S 3 C R R"]:
+        return self.planes(scene_ids)
+
+
+class TriplaneMLP(nn.Module):
+    """Shared decoder ``C -> hidden -> softplus -> 1 + c``.
+
+    ``density = softplus(raw_density - 1)``; features = widened sigmoid (eps = 1e-3) mapped affinely
+    from ``[0, 1]`` to ``output_range`` (``(0, 1)`` for RGB, ``(-1, 1)`` for normalised latents), so
+    they lie in ``[lo - eps (hi - lo), hi + eps (hi - lo)]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 4,
+        hidden_dim: int = 64,
+        output_range: Tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.output_range = (float(output_range[0]), float(output_range[1]))
+        self.hidden = nn.Linear(in_channels, hidden_dim)
+        self.head = nn.Linear(hidden_dim, 1 + out_channels)
+
+    def forward(self, features: Float[Tensor, "*bs C"]) -> Tuple[Float[Tensor, "*bs 1"], Float[Tensor, "*bs c"]]:
+        raw = self.head(F.softplus(self.hidden(features)))  # [..., 1 + c]
+        density = F.softplus(raw[..., :1] - 1.0)
+        lo, hi = self.output_range
+        values = lo + (hi - lo) * widened_sigmoid(raw[..., 1:])
+        return density, values
+
+
+def decode_points(
+    planes: Float[Tensor, "S 3 C R R"],
+    mlp: TriplaneMLP,
+    points: Float[Tensor, "S P 3"],
+    zero_outside: bool = True,
+) -> Tuple[Float[Tensor, "S P 1"], Float[Tensor, "S P c"]]:
+    """Sample the Tri-Planes and decode: density and output features per point.
+
+    With ``zero_outside`` the density of points outside ``[-1, 1]^3`` is set to 0 (their zero
+    features would otherwise decode to a small ``softplus(mlp(0) - 1)``).
+    """
+    density, values = mlp(sample_triplanes(planes, points))
+    if zero_outside:
+        density = density * inside_box(points)[..., None].to(density.dtype)
+    return density, values
