@@ -1,0 +1,183 @@
+"""The multi-scene datamanager: whole views from several scenes per step, uint8 images, cached latents.
+
+Derives from nerfstudio's ``FullImageDatamanager`` (ns-render's dataset mode and ns-eval expect it). A training
+batch is ``scenes_per_step × views_per_scene`` views: a ``Cameras`` of that many cameras (their ``metadata``
+carries the scene ids) and a dict with ``image`` ([K, H, W, 3] float in [0, 1]), ``image_uint8``, ``scene_id`` [K]
+and, once :meth:`attach_latents` ran, ``latent`` [K, c, h, w].
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
+from nerfstudio_3dae.data.images import cached_latents, load_images, to_float, views_by_scene
+
+
+@dataclass
+class MultiSceneDatamanagerConfig(FullImageDatamanagerConfig):
+    """Whole views of many scenes; images kept as uint8, latents encoded once and cached on disk."""
+
+    _target: Type = field(default_factory=lambda: MultiSceneDatamanager)
+    dataparser: ScenesDataParserConfig = field(default_factory=ScenesDataParserConfig)
+    """The multi-scene dataparser (3dae-scenes)."""
+    scenes_per_step: int = 4
+    """Scenes in one training batch (fewer if the selection has fewer scenes)."""
+    views_per_scene: int = 2
+    """Views of each of those scenes in one training batch."""
+    latent_cache_dir: Optional[Path] = None
+    """Where encoded latents are cached, keyed by the autoencoder's identity and the image files.
+    Default: <data>/.3dae_cache/latents. Remove the folder to force re-encoding."""
+    encode_batch_size: int = 16
+    """Images per encoder call when filling the latent cache."""
+    cache_images: Literal["cpu", "gpu"] = "cpu"
+    """Where the uint8 images live."""
+    seed: int = 0
+    """Seed of the scene/view sampler."""
+
+
+class MultiSceneDatamanager(FullImageDatamanager):
+    """Samples several views of several scenes per step; images decoded once into a uint8 tensor."""
+
+    config: MultiSceneDatamanagerConfig
+
+    def __init__(self, config: MultiSceneDatamanagerConfig, device="cpu", test_mode="val", **kwargs):
+        super().__init__(config=config, device=device, test_mode=test_mode, **kwargs)
+        self.num_scenes: int = self.train_dataparser_outputs.metadata["num_scenes"]
+        self.train_scene_ids = self.train_dataset.cameras.metadata[SCENE_ID].squeeze(-1)  # [n]
+        self.eval_scene_ids = self.eval_dataset.cameras.metadata[SCENE_ID].squeeze(-1)  # [m]
+        self._train_views = views_by_scene(self.train_scene_ids.tolist(), self.num_scenes)
+        self._rng = random.Random(config.seed)
+        self._scene_queue: List[int] = []
+        self.train_latents: Optional[Tensor] = None  # [n, c, h, w]
+        self.eval_latents: Optional[Tensor] = None  # [m, c, h, w]
+
+    # ------------------------------------------------------------------------------------------------ images
+
+    @cached_property
+    def train_images(self) -> Tensor:
+        """[n, H, W, 3] uint8, decoded once."""
+        CONSOLE.log(f"decoding {len(self.train_dataset)} training images")
+        return load_images(self.train_dataset.image_filenames).to(self._image_device)
+
+    @cached_property
+    def eval_images(self) -> Tensor:
+        """[m, H, W, 3] uint8, decoded once."""
+        return load_images(self.eval_dataset.image_filenames).to(self._image_device)
+
+    @property
+    def _image_device(self):
+        return self.device if self.config.cache_images == "gpu" else "cpu"
+
+    @cached_property
+    def cached_train(self) -> List[Dict[str, Tensor]]:  # nerfstudio's view of the data (no copies)
+        return [{"image": img, "image_idx": i} for i, img in enumerate(self.train_images)]
+
+    @cached_property
+    def cached_eval(self) -> List[Dict[str, Tensor]]:
+        return [{"image": img, "image_idx": i} for i, img in enumerate(self.eval_images)]
+
+    def attach_latents(self, identity: str, encode: Callable[[Tensor], Tensor]) -> None:
+        """Fill ``train_latents``/``eval_latents`` from the disk cache, encoding (``encode(uint8 [B,H,W,3])``)
+        only what the cache does not hold for this autoencoder ``identity``."""
+        cache_dir = self.config.latent_cache_dir or Path(self.config.dataparser.data) / ".3dae_cache" / "latents"
+
+        def encoded(images_of: Callable[[], Tensor]) -> Callable[[], Tensor]:
+            def run() -> Tensor:
+                images = images_of()
+                CONSOLE.log(f"encoding {len(images)} images into latents (cached in {cache_dir})")
+                step = self.config.encode_batch_size
+                return torch.cat([encode(images[i : i + step]).cpu() for i in range(0, len(images), step)])
+
+            return run
+
+        self.train_latents = cached_latents(
+            cache_dir, identity, self.train_dataset.image_filenames, encoded(lambda: self.train_images)
+        )
+        self.eval_latents = cached_latents(
+            cache_dir, identity, self.eval_dataset.image_filenames, encoded(lambda: self.eval_images)
+        )
+
+    # ------------------------------------------------------------------------------------------------ batches
+
+    def _batch(self, split: str, indices: Tensor) -> Tuple[Cameras, Dict[str, Tensor]]:
+        train = split == "train"
+        dataset = self.train_dataset if train else self.eval_dataset
+        images = (self.train_images if train else self.eval_images)[indices]
+        cameras = dataset.cameras[indices].to(self.device)
+        batch: Dict[str, Tensor] = {
+            "image_uint8": images.to(self.device),
+            "image": to_float(images).to(self.device),
+            "image_idx": indices,
+            "scene_id": (self.train_scene_ids if train else self.eval_scene_ids)[indices].to(self.device),
+        }
+        latents = self.train_latents if train else self.eval_latents
+        if latents is not None:
+            batch["latent"] = latents[indices].to(self.device)
+        return cameras, batch
+
+    def _next_scenes(self, count: int) -> List[int]:
+        """Scenes cycle in shuffled order, so every scene is visited equally often."""
+        chosen: List[int] = []
+        while len(chosen) < count:
+            if not self._scene_queue:
+                self._scene_queue = list(range(self.num_scenes))
+                self._rng.shuffle(self._scene_queue)
+            scene = self._scene_queue.pop()
+            if scene not in chosen:
+                chosen.append(scene)
+        return chosen
+
+    def next_train(self, step: int) -> Tuple[Cameras, Dict]:
+        scenes = self._next_scenes(min(self.config.scenes_per_step, self.num_scenes))
+        picked: List[int] = []
+        for scene in scenes:
+            views = self._train_views[scene].tolist()
+            picked += self._rng.sample(views, min(self.config.views_per_scene, len(views)))
+        return self._batch("train", torch.tensor(picked, dtype=torch.long))
+
+    def next_eval(self, step: int) -> Tuple[Cameras, Dict]:
+        return self.next_eval_image(step)
+
+    def next_eval_image(self, step: int) -> Tuple[Cameras, Dict]:
+        """One random test view; its batch holds single images ([H, W, 3], [c, h, w])."""
+        return self.fixed_indices_eval_dataloader[self._rng.randrange(len(self.eval_dataset))]
+
+    @property
+    def fixed_indices_eval_dataloader(self) -> "_EvalViews":
+        """Every test view, one at a time (ns-eval), built lazily so thousands of views cost no memory."""
+        return _EvalViews(self)
+
+    def get_train_rays_per_batch(self) -> int:
+        h, w = self.train_images.shape[1:3]
+        return h * w * self.config.scenes_per_step * self.config.views_per_scene
+
+
+class _EvalViews:
+    """A lazy sequence of ``(camera, batch)`` for every test view."""
+
+    def __init__(self, manager: MultiSceneDatamanager):
+        self.manager = manager
+
+    def __len__(self) -> int:
+        return len(self.manager.eval_dataset)
+
+    def __getitem__(self, index: int) -> Tuple[Cameras, Dict]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        camera, batch = self.manager._batch("eval", torch.tensor([index]))
+        return camera, {k: v[0] for k, v in batch.items()}
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))

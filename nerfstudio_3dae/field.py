@@ -1,0 +1,131 @@
+"""Tri-plane scenes rendered from nerfstudio cameras: the bank, the shared MLP and the volume renderer together.
+
+``TriplaneField.render`` takes a batch of cameras (any mix of scenes) and returns whole images at the cameras'
+resolution divided by ``downscale`` (the autoencoder factor in latent space, 1 in RGB): one ray per output pixel.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Dict, Literal, Optional, Tuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from nerfstudio.cameras.cameras import Cameras
+
+from nerfstudio_3dae.rendering import render_rays
+from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
+
+
+@dataclass
+class RenderSettings:
+    """How rays are sampled; mirrors the model config fields of the same names."""
+
+    near: float = 0.5
+    far: float = 2.1
+    num_coarse: int = 48
+    num_fine: int = 48
+    scene_bound: float = 1.0
+    backend: Literal["auto", "torch", "nerfacc"] = "auto"
+
+
+def camera_rays(
+    cameras: Cameras, downscale: int
+) -> Tuple[Float[Tensor, "K HW 3"], Float[Tensor, "K HW 3"], Tuple[int, int]]:
+    """Rays through the pixel centres of ``cameras`` at ``1/downscale`` of their resolution (rounded up).
+
+    All cameras of the batch must share one resolution. Returns origins, unit directions and ``(h, w)``.
+    """
+    cams = copy.copy(cameras)
+    height, width = int(cams.height.reshape(-1)[0]), int(cams.width.reshape(-1)[0])
+    if not (torch.all(cams.height == height) and torch.all(cams.width == width)):
+        raise ValueError("all cameras of a render batch need the same resolution")
+    h, w = math.ceil(height / downscale), math.ceil(width / downscale)
+    # Scale the intrinsics so that the h x w grid spans exactly the original image plane.
+    cams = Cameras(
+        camera_to_worlds=cams.camera_to_worlds.reshape(-1, 3, 4),
+        fx=cams.fx.reshape(-1, 1) * (w / width),
+        fy=cams.fy.reshape(-1, 1) * (h / height),
+        cx=cams.cx.reshape(-1, 1) * (w / width),
+        cy=cams.cy.reshape(-1, 1) * (h / height),
+        width=torch.full_like(cams.width.reshape(-1, 1), w),
+        height=torch.full_like(cams.height.reshape(-1, 1), h),
+        camera_type=cams.camera_type.reshape(-1, 1),
+    )
+    k = cams.shape[0]
+    rays = cams.generate_rays(camera_indices=torch.arange(k, device=cams.device)[:, None])  # [h, w, K, 3]
+    origins = rays.origins.permute(2, 0, 1, 3).reshape(k, h * w, 3)
+    directions = rays.directions.permute(2, 0, 1, 3).reshape(k, h * w, 3)
+    return origins, directions, (h, w)
+
+
+class TriplaneField(nn.Module):
+    """Per-scene Tri-Planes (shared bases) + the shared MLP, rendered along camera rays."""
+
+    def __init__(self, bank: TriplaneBank, mlp: TriplaneMLP, settings: RenderSettings):
+        super().__init__()
+        self.bank = bank
+        self.mlp = mlp
+        self.settings = settings
+
+    def render(
+        self,
+        cameras: Cameras,
+        scene_ids: Int[Tensor, "K"],
+        downscale: int,
+        background: Float[Tensor, "c"],
+        deterministic: bool,
+        max_rays: Optional[int] = None,
+    ) -> Dict[str, Tensor]:
+        """Render K cameras of (possibly different) scenes: ``features [K, c, h, w]``, ``depth`` and
+        ``accumulation`` ``[K, 1, h, w]``, and the composed ``planes [K, 3, C, R, R]`` (for regularisers).
+        ``max_rays`` renders in chunks of pixels (all K cameras together) to bound memory."""
+        origins, directions, (h, w) = camera_rays(cameras, downscale)  # [K, hw, 3]
+        k, n = origins.shape[:2]
+        planes = self.bank.planes(scene_ids)  # [K, 3, C, R, R]
+        step = n if not max_rays else max(1, max_rays // k)
+        chunks = [
+            self._render_rays(planes, origins[:, i : i + step], directions[:, i : i + step], background, deterministic)
+            for i in range(0, n, step)
+        ]
+
+        def image(key: str) -> Tensor:  # chunks of [K, m, c] -> [K, c, h, w]
+            return torch.cat([c[key] for c in chunks], dim=1).reshape(k, h, w, -1).permute(0, 3, 1, 2)
+
+        return {"features": image("features"), "depth": image("depth"), "accumulation": image("accumulation"),
+                "planes": planes}
+
+    def _render_rays(
+        self,
+        planes: Float[Tensor, "K 3 C R R"],
+        origins: Float[Tensor, "K m 3"],
+        directions: Float[Tensor, "K m 3"],
+        background: Float[Tensor, "c"],
+        deterministic: bool,
+    ) -> Dict[str, Tensor]:
+        s = self.settings
+        k, m = origins.shape[:2]
+
+        def field_fn(points: Float[Tensor, "R S 3"]) -> Tuple[Tensor, Tensor]:
+            num_samples = points.shape[1]  # rays are camera-major: R = K * m
+            density, values = decode_points(planes, self.mlp, points.reshape(k, m * num_samples, 3), False)
+            return density.reshape(k * m, num_samples, 1), values.reshape(k * m, num_samples, -1)
+
+        out = render_rays(
+            origins.reshape(-1, 3),
+            directions.reshape(-1, 3),
+            field_fn,
+            near=s.near,
+            far=s.far,
+            num_coarse=s.num_coarse,
+            num_fine=s.num_fine,
+            background=background,
+            deterministic=deterministic,
+            backend=s.backend,
+            box_bound=s.scene_bound,
+        )
+        return {key: out[key].reshape(k, m, -1) for key in ("features", "depth", "accumulation")}

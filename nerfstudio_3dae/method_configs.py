@@ -1,0 +1,110 @@
+"""The three methods, registered with nerfstudio through the ``nerfstudio.method_configs`` entry point:
+
+* ``3dae-autoencoder`` — stage 1: a 3D-aware autoencoder trained jointly with N scenes (exports it + the bases);
+* ``3dae-latent`` — new scenes in a frozen latent space from cached latents, then a decoder fine-tune;
+* ``3dae-rgb`` — the baseline: the same tri-plane bank rendered directly in RGB at full resolution.
+
+Learning rates follow the paper (docs/methods.md). Building these configs only creates dataclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nerfstudio_3dae.data.dataparser import ScenesDataParserConfig
+from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig
+from nerfstudio_3dae.latent_model import LatentTriplaneModelConfig
+from nerfstudio_3dae.model import TriplaneModelConfig
+from nerfstudio_3dae.pipeline import ThreeDAEPipelineConfig
+
+
+def _adam(lr: float, final: Optional[float] = None, steps: int = 30000) -> Dict:
+    scheduler = ExponentialDecaySchedulerConfig(lr_final=final, max_steps=steps) if final is not None else None
+    return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
+
+
+def _scene_groups(plane_lr: float, basis_lr: float, final_factor: Optional[float], steps: int) -> Dict:
+    def adam(lr: float) -> Dict:
+        return _adam(lr, None if final_factor is None else lr * final_factor, steps)
+
+    return {"micro": adam(plane_lr), "mlp": adam(plane_lr), "mixing": adam(basis_lr), "bases": adam(basis_lr)}
+
+
+def _trainer(method: str, steps: int, pipeline: ThreeDAEPipelineConfig, optimizers: Dict) -> TrainerConfig:
+    return TrainerConfig(
+        method_name=method,
+        steps_per_eval_batch=0,
+        steps_per_eval_image=500,
+        steps_per_eval_all_images=steps,
+        steps_per_save=1000,
+        max_num_iterations=steps,
+        mixed_precision=False,
+        pipeline=pipeline,
+        optimizers=optimizers,
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15, websocket_host="127.0.0.1"),
+        vis="viewer",
+        # CPU where no GPU is visible (a GPU is a bonus here, never a requirement)
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
+    )
+
+
+def autoencoder_method() -> TrainerConfig:
+    steps = 5000
+    return _trainer(
+        "3dae-autoencoder",
+        steps,
+        ThreeDAEPipelineConfig(
+            datamanager=MultiSceneDatamanagerConfig(dataparser=ScenesDataParserConfig(image_multiple=8)),
+            model=LatentTriplaneModelConfig(stage="autoencoder", warmup_steps=500),
+        ),
+        # warm-up rates; the joint phase multiplies micro/MLP by joint_plane_lr_factor (1e-2 -> 1e-3)
+        {**_scene_groups(1e-2, 1e-2, None, steps), "encoder": _adam(1e-4), "decoder": _adam(1e-4)},
+    )
+
+
+def latent_method() -> TrainerConfig:
+    steps = 3000
+    return _trainer(
+        "3dae-latent",
+        steps,
+        ThreeDAEPipelineConfig(
+            datamanager=MultiSceneDatamanagerConfig(dataparser=ScenesDataParserConfig(image_multiple=8)),
+            model=LatentTriplaneModelConfig(stage="scenes", finetune_start=2500),
+        ),
+        {**_scene_groups(1e-2, 1e-2, 0.1, steps), "decoder": _adam(1e-4)},
+    )
+
+
+def rgb_method() -> TrainerConfig:
+    steps = 3000
+    return _trainer(
+        "3dae-rgb",
+        steps,
+        ThreeDAEPipelineConfig(
+            datamanager=MultiSceneDatamanagerConfig(dataparser=ScenesDataParserConfig(image_multiple=1)),
+            model=TriplaneModelConfig(),
+        ),
+        _scene_groups(1e-2, 1e-2, 0.1, steps),
+    )
+
+
+autoencoder_spec = MethodSpecification(
+    config=autoencoder_method(),
+    description="3dae stage 1: a 3D-aware autoencoder trained jointly with many tri-plane scenes",
+)
+latent_spec = MethodSpecification(
+    config=latent_method(),
+    description="3dae: many tri-plane scenes in the latent space of an autoencoder (+ decoder fine-tune)",
+)
+rgb_spec = MethodSpecification(
+    config=rgb_method(),
+    description="3dae baseline: the same tri-plane scenes rendered in RGB at full resolution",
+)

@@ -1,0 +1,207 @@
+"""The nerfstudio model of many tri-plane scenes, rendered straight in RGB (the ``3dae-rgb`` baseline).
+
+:mod:`nerfstudio_3dae.latent_model` extends it to the latent space of an autoencoder. Both render whole images
+from ``Cameras`` (like splatfacto); a camera's scene comes from ``camera.metadata["scene_id"]`` or, for cameras
+that carry none (viewer, ns-render paths), from :attr:`TriplaneModel.scene`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from torch.nn import Parameter
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.scene_box import OrientedBox
+from nerfstudio.models.base_model import Model, ModelConfig
+
+from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
+from nerfstudio_3dae.data.dataparser import SCENE_ID
+from nerfstudio_3dae.field import RenderSettings, TriplaneField
+from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
+
+allow_nerfstudio_checkpoints()
+
+
+@dataclass
+class TriplaneModelConfig(ModelConfig):
+    """Tri-planes of many scenes with shared bases, rendered in RGB at full resolution."""
+
+    _target: Type = field(default_factory=lambda: TriplaneModel)
+    enable_collider: bool = False
+    """Unused: rays are clipped by near/far and the scene box of the renderer (whole-image rendering)."""
+    resolution: int = 64
+    """Tri-plane resolution R (each plane is R x R)."""
+    micro_channels: int = 10
+    """Scene-specific channels per plane (C_mic)."""
+    macro_channels: int = 22
+    """Channels mixed from the shared bases (C_mac); 0 disables the bases."""
+    num_bases: int = 50
+    """Number of shared basis planes M."""
+    plane_init_std: float = 0.1
+    """Standard deviation of the initial plane values."""
+    hidden_dim: int = 64
+    """Width of the shared MLP (C -> hidden -> 1 + c)."""
+    near: float = 0.5
+    """Near plane of every ray."""
+    far: float = 2.1
+    """Far plane of every ray."""
+    num_coarse_samples: int = 48
+    """Stratified samples per ray."""
+    num_fine_samples: int = 48
+    """Importance samples per ray, drawn from the coarse weights."""
+    background: float = 1.0
+    """Background colour (grey level in [0, 1]); white matches the generator and SRN."""
+    tv_weight: float = 1e-4
+    """Weight of the plane total-variation regulariser."""
+    backend: Literal["auto", "torch", "nerfacc"] = "auto"
+    """Sampling/compositing backend: nerfacc on CUDA ('auto'), or pure torch."""
+    max_rays_per_chunk: int = 16384
+    """Rays rendered at once when rendering for eval/viewer (bounds memory on large images)."""
+
+
+class TriplaneModel(Model):
+    """Many scenes; each step renders whole views of several scenes at once."""
+
+    config: TriplaneModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        metadata = self.kwargs.get("metadata") or {}
+        if "num_scenes" not in metadata:
+            raise ValueError("3dae models need the 3dae-scenes dataparser (its outputs carry num_scenes)")
+        self.num_scenes: int = int(metadata["num_scenes"])
+        self.scene_names: List[str] = list(metadata.get("scene_names", []))
+        self.scene: int = 0
+        """The scene rendered for cameras that carry no scene id (viewer, camera paths)."""
+        c = self.config
+        bank = TriplaneBank(
+            self.num_scenes, c.resolution, c.micro_channels, c.macro_channels, c.num_bases, c.plane_init_std
+        )
+        mlp = TriplaneMLP(bank.num_channels, self.output_channels, c.hidden_dim, self.output_range)
+        settings = RenderSettings(
+            c.near, c.far, c.num_coarse_samples, c.num_fine_samples, float(self.scene_box.aabb.abs().max()), c.backend
+        )
+        self.field = TriplaneField(bank, mlp, settings)
+
+    # -------------------------------------------------------------------------------- what is rendered
+
+    @property
+    def output_channels(self) -> int:
+        return 3
+
+    @property
+    def output_range(self) -> Tuple[float, float]:
+        return (0.0, 1.0)
+
+    @property
+    def downscale(self) -> int:
+        """Rendered resolution = camera resolution / downscale."""
+        return 1
+
+    def background_value(self) -> Float[Tensor, "c"]:
+        return torch.full((3,), self.config.background, device=self.device)
+
+    def scene_ids(self, cameras: Cameras) -> Tensor:
+        """[K] scene id of each camera."""
+        k = cameras.camera_to_worlds.reshape(-1, 3, 4).shape[0]
+        if cameras.metadata and SCENE_ID in cameras.metadata:
+            ids = torch.as_tensor(cameras.metadata[SCENE_ID], device=self.device).reshape(-1).long()
+        else:
+            ids = torch.full((k,), self.scene, dtype=torch.long, device=self.device)
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.num_scenes):
+            raise ValueError(f"scene id out of range: this model holds {self.num_scenes} scenes, got {ids.tolist()}")
+        return ids
+
+    def render(self, cameras: Cameras, chunk: Optional[int] = None) -> Dict[str, Tensor]:
+        """Render ``cameras`` (a batch, any scenes) in the model's space: ``features [K, c, h, w]`` etc."""
+        cameras = cameras.flatten()
+        return self.field.render(
+            cameras.to(self.device),
+            self.scene_ids(cameras),
+            self.downscale,
+            self.background_value(),
+            deterministic=not self.training,
+            max_rays=chunk,
+        )
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        bank = self.field.bank
+        return {
+            "micro": [bank.micro],
+            "mixing": [bank.weights, bank.bias],
+            "bases": [bank.bases],
+            "mlp": list(self.field.mlp.parameters()),
+        }
+
+    # -------------------------------------------------------------------------------- nerfstudio API
+
+    def get_outputs(self, cameras: Cameras) -> Dict[str, Tensor]:
+        out = self.render(cameras)
+        return {"rgb": out["features"], "depth": out["depth"], "accumulation": out["accumulation"], "planes": out["planes"]}
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        gt = _nchw(batch["image"]).to(self.device)
+        return {"psnr": peak_signal_noise_ratio(outputs["rgb"].detach().clamp(0, 1), gt, data_range=1.0)}
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        gt = _nchw(batch["image"]).to(self.device)
+        return {"rgb_loss": F.mse_loss(outputs["rgb"], gt), **self.regularisers(outputs)}
+
+    def regularisers(self, outputs) -> Dict[str, Tensor]:
+        if self.config.tv_weight <= 0:
+            return {}
+        return {"tv_loss": self.config.tv_weight * tv_loss(outputs["planes"])}
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
+        """One camera, any resolution: images ``[H, W, ·]`` at the camera's own resolution."""
+        camera = camera.flatten()[:1]
+        height, width = int(camera.height.reshape(-1)[0]), int(camera.width.reshape(-1)[0])
+        out = self.render(camera, chunk=self.config.max_rays_per_chunk)
+        return self.images_for_camera(out, height, width)
+
+    def images_for_camera(self, out: Dict[str, Tensor], height: int, width: int) -> Dict[str, Tensor]:
+        return {
+            "rgb": _hwc(out["features"], height, width).clamp(0, 1),
+            "depth": _hwc(out["depth"], height, width),
+            "accumulation": _hwc(out["accumulation"], height, width),
+        }
+
+    def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        gt = batch["image"].to(self.device)  # [H, W, 3]
+        metrics = rgb_metrics(outputs["rgb"], gt)
+        images = {"img": torch.cat([gt, outputs["rgb"]], dim=1), "depth": outputs["depth"]}
+        return metrics, images
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _nchw(images: Tensor) -> Tensor:
+    """[K, H, W, 3] or [H, W, 3] -> [K, 3, H, W]."""
+    if images.ndim == 3:
+        images = images[None]
+    return images.permute(0, 3, 1, 2)
+
+
+def _hwc(image: Float[Tensor, "1 c h w"], height: int, width: int) -> Float[Tensor, "H W c"]:
+    """First image of a batch at ``height x width`` (bilinear when the rendered size differs)."""
+    if image.shape[-2:] != (height, width):
+        image = F.interpolate(image, size=(height, width), mode="bilinear", align_corners=False)
+    return image[0].permute(1, 2, 0)
+
+
+def rgb_metrics(pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"], prefix: str = "") -> Dict[str, float]:
+    """PSNR and SSIM of an image in [0, 1]."""
+    p, g = _nchw(pred.clamp(0, 1)), _nchw(gt)
+    return {
+        f"{prefix}psnr": float(peak_signal_noise_ratio(p, g, data_range=1.0)),
+        f"{prefix}ssim": float(structural_similarity_index_measure(p, g, data_range=1.0)),
+    }

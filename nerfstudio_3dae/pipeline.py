@@ -1,0 +1,95 @@
+"""The 3dae pipeline: nerfstudio's VanillaPipeline plus the two things that tie data and autoencoder together:
+filling the datamanager's latent cache with the model's encoder, and exporting a stage-1 autoencoder + bases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Type
+
+import torch
+
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
+from nerfstudio_3dae.datamanager import MultiSceneDatamanager
+from nerfstudio_3dae.latent_model import LatentTriplaneModel
+
+
+@dataclass
+class ThreeDAEPipelineConfig(VanillaPipelineConfig):
+    """VanillaPipeline + latent caching + stage-1 export."""
+
+    _target: Type = field(default_factory=lambda: ThreeDAEPipeline)
+    export_every: int = 2000
+    """Stage 1: write <run>/autoencoder/ (diffusers folder + bases.pt) every this many steps and at the end."""
+
+
+class ThreeDAEPipeline(VanillaPipeline):
+    config: ThreeDAEPipelineConfig
+
+    def __init__(self, config: ThreeDAEPipelineConfig, device: str, test_mode="val", **kwargs):
+        super().__init__(config, device, test_mode=test_mode, **kwargs)
+        self._latents_of: Optional[str] = None
+        if test_mode != "inference" and self._is_latent and self.model.uses_cached_latents:
+            self.refresh_latents()
+
+    @property
+    def _is_latent(self) -> bool:
+        return isinstance(self.model, LatentTriplaneModel) and isinstance(self.datamanager, MultiSceneDatamanager)
+
+    def refresh_latents(self) -> None:
+        """Give the datamanager the latents of the model's current encoder (from the disk cache when it has them)."""
+        ae = self.model.autoencoder
+        identity = ae.identity
+        if identity == self._latents_of:
+            return
+
+        @torch.no_grad()
+        def encode(images_uint8: torch.Tensor) -> torch.Tensor:
+            was_training = ae.training
+            ae.eval()
+            images = images_uint8.to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            latents = ae.encode(images)
+            ae.train(was_training)
+            return latents
+
+        self.datamanager.attach_latents(identity, encode)
+        self._latents_of = identity
+
+    def export_autoencoder(self, run_dir: Path) -> Path:
+        """Write the (3D-aware) autoencoder and the shared bases under ``run_dir/autoencoder``."""
+        folder = export_stage1(run_dir / RUN_EXPORT, self.model.autoencoder, self.model.field.bank.bases)
+        CONSOLE.log(f"exported the autoencoder and bases to {folder}")
+        return folder
+
+    def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        callbacks = super().get_training_callbacks(attrs)
+        if not self._is_latent:
+            return callbacks
+
+        def latents_for_phase(step: int) -> None:  # runs after the model switched phase
+            if self.model.uses_cached_latents:
+                self.refresh_latents()
+
+        callbacks.append(
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], latents_for_phase)
+        )
+        if self.model.config.stage == "autoencoder" and attrs.trainer is not None:
+            run_dir = attrs.trainer.base_dir
+
+            def export(step: int) -> None:
+                if step > 0:
+                    self.export_autoencoder(run_dir)
+
+            callbacks.append(
+                TrainingCallback(
+                    [TrainingCallbackLocation.AFTER_TRAIN_ITERATION], export, self.config.export_every
+                )
+            )
+            callbacks.append(
+                TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN], lambda step: self.export_autoencoder(run_dir))
+            )
+        return callbacks

@@ -1,0 +1,78 @@
+"""The multi-scene datamanager: batches over several scenes, compact images, the latent cache."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
+from nerfstudio_3dae.data.images import decode_image
+from nerfstudio_3dae.data.layout import DatasetError
+from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig
+
+
+def manager(root, **kwargs):
+    parser = ScenesDataParserConfig(data=root, image_multiple=1, test_every=4)
+    return MultiSceneDatamanagerConfig(dataparser=parser, **kwargs).setup(device="cpu")
+
+
+def test_batches_mix_scenes_and_visit_each_equally(tiny_dataset):
+    dm = manager(tiny_dataset(num_scenes=4, views=8), scenes_per_step=2, views_per_scene=3)
+    assert dm.train_images.dtype == torch.uint8 and dm.train_images.shape == (24, 16, 16, 3)
+    seen = Counter()
+    for step in range(4):  # two passes over the 4 scenes
+        cameras, batch = dm.next_train(step)
+        ids = batch["scene_id"]
+        assert cameras.shape == (6,) and batch["image"].shape == (6, 16, 16, 3)
+        assert torch.equal(cameras.metadata[SCENE_ID].squeeze(-1), ids)
+        assert len(set(ids.tolist())) == 2 and all(c == 3 for c in Counter(ids.tolist()).values())
+        assert torch.equal(batch["image"], batch["image_uint8"].float() / 255)
+        seen.update(set(ids.tolist()))
+    assert seen == {0: 2, 1: 2, 2: 2, 3: 2}
+
+
+def test_eval_views_are_lazy_and_complete(tiny_dataset):
+    dm = manager(tiny_dataset(num_scenes=3, views=8))
+    loader = dm.fixed_indices_eval_dataloader
+    assert len(loader) == 6
+    camera, batch = loader[5]
+    assert camera.shape == (1,) and batch["image"].shape == (16, 16, 3) and int(batch["scene_id"]) == 2
+    assert len(list(loader)) == 6
+
+
+def test_latent_cache_is_keyed_by_autoencoder_identity(tiny_dataset, tmp_path):
+    root = tiny_dataset(num_scenes=2, views=4)
+    calls = []
+
+    def encode(images):  # [B, H, W, 3] uint8 -> fake latents [B, 4, 2, 2]
+        calls.append(len(images))
+        return images.float().mean(dim=(1, 2, 3))[:, None, None, None].expand(-1, 4, 2, 2) / 255
+
+    first = manager(root, latent_cache_dir=tmp_path)
+    first.attach_latents("ae-one", encode)
+    assert sum(calls) == 8 and first.train_latents.shape == (6, 4, 2, 2)
+    second = manager(root, latent_cache_dir=tmp_path)
+    second.attach_latents("ae-one", encode)
+    assert sum(calls) == 8, "same autoencoder, same images: read from disk, no encoding"
+    assert torch.equal(first.train_latents, second.train_latents)
+    _, batch = second.next_train(0)
+    assert batch["latent"].shape == (4, 4, 2, 2)
+    second.attach_latents("ae-two", encode)
+    assert sum(calls) == 16, "another autoencoder encodes again"
+
+
+def test_rgba_is_composited_on_white_and_bad_pixels_are_named(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[:2, :, 3] = 255  # top half opaque red, bottom half transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    rgb = decode_image(tmp_path / "a.png")
+    assert rgb[0, 0].tolist() == [255, 0, 0] and rgb[3, 0].tolist() == [255, 255, 255]
+    good = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DatasetError, match=r"cut\.png cannot be decoded"):
+        decode_image(tmp_path / "cut.png")
