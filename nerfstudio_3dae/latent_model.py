@@ -26,7 +26,8 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig
 from nerfstudio_3dae.autoencoder_source import BASES_FILE, load_bases, resolve_autoencoder
-from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig, _hwc, _nchw, rgb_metrics
+from nerfstudio_3dae.metrics import image_metrics, rgb_metrics
+from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig, _hwc, _nchw
 
 Phase = Literal["ae_pretrain", "warmup", "joint", "latent", "finetune"]
 
@@ -215,7 +216,7 @@ class LatentTriplaneModel(TriplaneModel):
         rgb = self.autoencoder.decode(out["features"], clamp=True)  # [1, 3, h*f, w*f]
         return {
             "rgb": _hwc(rgb, height, width),
-            "latent": _hwc(out["features"], height, width),
+            "latent": _hwc(out["features"], height, width, mode="nearest"),  # a latent pixel covers f x f pixels
             "depth": _hwc(out["depth"], height, width),
             "accumulation": _hwc(out["accumulation"], height, width),
         }
@@ -223,10 +224,11 @@ class LatentTriplaneModel(TriplaneModel):
     def get_image_metrics_and_images(self, outputs, batch):
         gt = batch["image"].to(self.device)
         metrics = rgb_metrics(outputs["rgb"], gt)
-        if "latent" in batch:
+        if "latent" in batch:  # the nearest-upsampled latent, averaged back over each f x f block: exact
             h, w = batch["latent"].shape[-2:]
             pred = F.interpolate(outputs["latent"].permute(2, 0, 1)[None], size=(h, w), mode="area")
-            metrics["latent_psnr"] = float(peak_signal_noise_ratio(pred, batch["latent"][None].to(self.device), data_range=2.0))
+            target = batch["latent"].to(self.device).permute(1, 2, 0)
+            metrics.update(image_metrics(pred[0].permute(1, 2, 0), target, data_range=2.0, prefix="latent_"))
         autoencoded = self.autoencoder.decode(self.autoencoder.encode(_nchw(gt)), clamp=True)
         metrics.update(rgb_metrics(autoencoded[0].permute(1, 2, 0), gt, prefix="autoencoded_"))
         images = {"img": torch.cat([gt, outputs["rgb"]], dim=1), "depth": outputs["depth"]}

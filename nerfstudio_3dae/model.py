@@ -10,23 +10,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
+import os
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 from torch.nn import Parameter
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.viewer.viewer_elements import ViewerDropdown
 
 from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
 from nerfstudio_3dae.data.dataparser import SCENE_ID
 from nerfstudio_3dae.field import RenderSettings, TriplaneField
+from nerfstudio_3dae.metrics import rgb_metrics
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
 
 allow_nerfstudio_checkpoints()
+
+SCENE_ENV = "NS3DAE_SCENE"
+"""Environment variable choosing the scene rendered for cameras without a scene id (ns-render paths, viewer start)."""
 
 
 @dataclass
@@ -77,9 +84,12 @@ class TriplaneModel(Model):
         if "num_scenes" not in metadata:
             raise ValueError("3dae models need the 3dae-scenes dataparser (its outputs carry num_scenes)")
         self.num_scenes: int = int(metadata["num_scenes"])
-        self.scene_names: List[str] = list(metadata.get("scene_names", []))
-        self.scene: int = 0
+        self.scene_names: List[str] = list(metadata.get("scene_names") or [str(i) for i in range(self.num_scenes)])
+        self.scene: int = resolve_scene(os.environ[SCENE_ENV], self.scene_names) if os.environ.get(SCENE_ENV) else 0
         """The scene rendered for cameras that carry no scene id (viewer, camera paths)."""
+        self.scene_picker = ViewerDropdown(
+            "Scene", self.scene_names[self.scene], self.scene_names, cb_hook=self._on_scene_picked
+        )
         c = self.config
         bank = TriplaneBank(
             self.num_scenes, c.resolution, c.micro_channels, c.macro_channels, c.num_bases, c.plane_init_std
@@ -89,6 +99,9 @@ class TriplaneModel(Model):
             c.near, c.far, c.num_coarse_samples, c.num_fine_samples, float(self.scene_box.aabb.abs().max()), c.backend
         )
         self.field = TriplaneField(bank, mlp, settings)
+
+    def _on_scene_picked(self, element: ViewerDropdown) -> None:
+        self.scene = self.scene_names.index(element.value)
 
     # -------------------------------------------------------------------------------- what is rendered
 
@@ -191,17 +204,24 @@ def _nchw(images: Tensor) -> Tensor:
     return images.permute(0, 3, 1, 2)
 
 
-def _hwc(image: Float[Tensor, "1 c h w"], height: int, width: int) -> Float[Tensor, "H W c"]:
-    """First image of a batch at ``height x width`` (bilinear when the rendered size differs)."""
+def _hwc(image: Float[Tensor, "1 c h w"], height: int, width: int, mode: str = "bilinear") -> Float[Tensor, "H W c"]:
+    """First image of a batch at ``height x width`` (resampled with ``mode`` when the rendered size differs)."""
     if image.shape[-2:] != (height, width):
-        image = F.interpolate(image, size=(height, width), mode="bilinear", align_corners=False)
+        align = {"align_corners": False} if mode == "bilinear" else {}
+        image = F.interpolate(image, size=(height, width), mode=mode, **align)
     return image[0].permute(1, 2, 0)
 
 
-def rgb_metrics(pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"], prefix: str = "") -> Dict[str, float]:
-    """PSNR and SSIM of an image in [0, 1]."""
-    p, g = _nchw(pred.clamp(0, 1)), _nchw(gt)
-    return {
-        f"{prefix}psnr": float(peak_signal_noise_ratio(p, g, data_range=1.0)),
-        f"{prefix}ssim": float(structural_similarity_index_measure(p, g, data_range=1.0)),
-    }
+def resolve_scene(value: str, names: List[str], where: str = SCENE_ENV) -> int:
+    """A scene given by name or by id (its position in the run's selection)."""
+    if value in names:
+        return names.index(value)
+    try:
+        index = int(value)
+    except ValueError:
+        index = -1
+    if not 0 <= index < len(names):
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ValueError(f"{where}={value!r} is neither a scene name ({shown}) nor an id in 0..{len(names) - 1}")
+    return index
+

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Type
+from typing import Any, Dict, List, Optional, Type
+
+import time
 
 import torch
+from PIL import Image
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -16,6 +19,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
 from nerfstudio_3dae.datamanager import MultiSceneDatamanager
 from nerfstudio_3dae.latent_model import LatentTriplaneModel
+from nerfstudio_3dae.metrics import aggregate, lpips_unavailable_reason
 
 
 @dataclass
@@ -64,6 +68,37 @@ class ThreeDAEPipeline(VanillaPipeline):
         folder = export_stage1(run_dir / RUN_EXPORT, self.model.autoencoder, self.model.field.bank.bases)
         CONSOLE.log(f"exported the autoencoder and bases to {folder}")
         return folder
+
+    @torch.no_grad()
+    def get_average_eval_image_metrics(
+        self, step: Optional[int] = None, output_path: Optional[Path] = None, get_std: bool = False
+    ) -> Dict[str, Any]:
+        """Metrics over every test view: means (and stds) in each space, and, for ns-eval (``step`` None), the
+        means per scene under ``per_scene`` and a note when LPIPS could not be computed."""
+        self.eval()
+        names = self.model.scene_names
+        per_view = []
+        seconds = 0.0
+        for index, (camera, batch) in enumerate(self.datamanager.fixed_indices_eval_dataloader):
+            start = time.perf_counter()
+            outputs = self.model.get_outputs_for_camera(camera)
+            seconds += time.perf_counter() - start
+            metrics, images = self.model.get_image_metrics_and_images(outputs, batch)
+            per_view.append((names[int(batch["scene_id"])], metrics))
+            if output_path is not None:
+                output_path.mkdir(parents=True, exist_ok=True)
+                picture = (images["img"].clamp(0, 1) * 255).byte().cpu().numpy()
+                Image.fromarray(picture).save(output_path / f"{names[int(batch['scene_id'])]}_{index:05d}.png")
+        overall, per_scene = aggregate(per_view, with_std=get_std)
+        overall["fps"] = len(per_view) / max(seconds, 1e-9)
+        self.train()
+        if step is None:  # ns-eval: JSON output; the training loop's writer takes only numbers
+            overall["per_scene"] = per_scene  # type: ignore[assignment]
+            reason = lpips_unavailable_reason()
+            if reason is not None:
+                overall["lpips"] = reason  # type: ignore[assignment]
+                CONSOLE.print(f"[yellow]{reason}")
+        return overall
 
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
         callbacks = super().get_training_callbacks(attrs)

@@ -17,5 +17,9 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
   echo "$WANT" > "$STAMP"
 fi
+# ns-render needs an `ffmpeg` on PATH: use the binary of the imageio-ffmpeg wheel unless the system has one.
+if ! command -v ffmpeg >/dev/null 2>&1 && [ ! -e "$VENV/bin/ffmpeg" ]; then
+  ln -sf "$("$VENV/bin/python" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" "$VENV/bin/ffmpeg"
+fi
 export PATH="$VENV/bin:$PATH"
 export WANDB_MODE=disabled HF_HUB_OFFLINE=1

@@ -1,0 +1,143 @@
+"""``ns-3dae-render``: nerfstudio's ns-render for 3dae runs, one scene or one output per scene.
+
+The stock ``ns-render`` works on 3dae runs too (``camera-path``, ``interpolate``, ``dataset``); it renders the scene
+named by the ``NS3DAE_SCENE`` environment variable (a name or an id; default: the first scene). This wrapper adds
+``--scenes`` (``0:4``, ``car_0003,car_0007``, …: one output per scene, named after it) and a ``spiral`` mode that
+works with full-image datamanagers (the stock one accepts only ray-based datamanagers).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Union
+
+import tyro
+from typing_extensions import Annotated
+
+from nerfstudio.cameras.camera_paths import get_spiral_path
+from nerfstudio.scripts.render import (
+    DatasetRender,
+    RenderCameraPath,
+    RenderInterpolated,
+    SpiralRender,
+    _render_trajectory_video,
+)
+from nerfstudio.utils import install_checks
+from nerfstudio.utils.eval_utils import eval_setup
+
+from nerfstudio_3dae.data.dataparser import SCENE_ID, parse_scene_selection
+from nerfstudio_3dae.model import SCENE_ENV
+
+
+def scene_names_of_run(load_config: Path) -> List[str]:
+    """The scene names a run was trained on (from its dataparser, without decoding images)."""
+    import yaml
+
+    datamanager = yaml.load(load_config.read_text(), Loader=yaml.Loader).pipeline.datamanager
+    parser = datamanager.dataparser
+    if datamanager.data is not None:  # as the datamanager does: its data option wins
+        parser.data = datamanager.data
+    parser.check_image_headers = False
+    outputs = parser.setup().get_dataparser_outputs("train")
+    return list(outputs.metadata["scene_names"])
+
+
+def select_scenes(load_config: Path, spec: str) -> List[str]:
+    """Scene names from a spec of ids/ranges (``0:4``, ``1,3``) or names (``car_0003,car_0007``)."""
+    names = scene_names_of_run(load_config)
+    items = [s.strip() for s in spec.split(",")]
+    if all(item in names for item in items):
+        return items
+    return [names[i] for i in parse_scene_selection(spec, len(names), option="--scenes")]
+
+
+class PerScene:
+    """Runs a render mode once per selected scene (``NS3DAE_SCENE`` set for each), or once for ``--scene``."""
+
+    scenes: str
+    load_config: Path
+    output_path: Path
+
+    def main(self) -> None:
+        if not self.scenes:
+            return self.render_one()
+        base = self.output_path
+        for name in select_scenes(self.load_config, self.scenes):
+            os.environ[SCENE_ENV] = name
+            self.output_path = base.parent / f"{base.stem}_{name}{base.suffix}" if base.suffix else base / name
+            self.render_one()
+        self.output_path = base
+
+    def render_one(self) -> None:
+        super().main()  # type: ignore[misc]
+
+
+@dataclass
+class CameraPath(PerScene, RenderCameraPath):
+    """Render a camera path (viewer export) of one scene, or of each scene in --scenes."""
+
+    scenes: str = ""
+    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the NS3DAE_SCENE scene (default 0)."""
+
+
+@dataclass
+class Interpolate(PerScene, RenderInterpolated):
+    """Fly through the test cameras, rendering one scene, or each scene in --scenes."""
+
+    scenes: str = ""
+    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the NS3DAE_SCENE scene (default 0)."""
+
+
+@dataclass
+class Spiral(PerScene, SpiralRender):
+    """A spiral around a test camera of the rendered scene, or of each scene in --scenes."""
+
+    scenes: str = ""
+    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the NS3DAE_SCENE scene (default 0)."""
+
+    def render_one(self) -> None:
+        _, pipeline, _, _ = eval_setup(self.load_config, eval_num_rays_per_chunk=None, test_mode="test")
+        install_checks.check_ffmpeg_installed()
+        cameras = pipeline.datamanager.eval_dataset.cameras
+        of_scene = (cameras.metadata[SCENE_ID].squeeze(-1) == pipeline.model.scene).nonzero()
+        start = cameras[int(of_scene[0]) if len(of_scene) else 0 : None][:1]
+        start.metadata = None  # the path's cameras render the chosen scene
+        path = get_spiral_path(start, steps=int(self.frame_rate * self.seconds), radius=self.radius)
+        _render_trajectory_video(
+            pipeline,
+            path,
+            output_filename=self.output_path,
+            rendered_output_names=self.rendered_output_names,
+            rendered_resolution_scaling_factor=1.0 / self.downscale_factor,
+            seconds=self.seconds,
+            output_format=self.output_format,
+            image_format=self.image_format,
+            depth_near_plane=self.depth_near_plane,
+            depth_far_plane=self.depth_far_plane,
+            colormap_options=self.colormap_options,
+        )
+
+
+@dataclass
+class Dataset(DatasetRender):
+    """Render every train/test view with its own scene (outputs go to one folder per scene)."""
+
+
+Commands = tyro.conf.FlagConversionOff[
+    Union[
+        Annotated[CameraPath, tyro.conf.subcommand(name="camera-path")],
+        Annotated[Interpolate, tyro.conf.subcommand(name="interpolate")],
+        Annotated[Spiral, tyro.conf.subcommand(name="spiral")],
+        Annotated[Dataset, tyro.conf.subcommand(name="dataset")],
+    ]
+]
+
+
+def entrypoint() -> None:
+    tyro.cli(Commands, description=__doc__).main()
+
+
+if __name__ == "__main__":
+    entrypoint()
