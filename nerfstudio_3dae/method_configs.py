@@ -16,7 +16,6 @@ import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nerfstudio_3dae.data.dataparser import ScenesDataParserConfig
@@ -24,6 +23,7 @@ from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig
 from nerfstudio_3dae.latent_model import LatentTriplaneModelConfig
 from nerfstudio_3dae.model import TriplaneModelConfig
 from nerfstudio_3dae.pipeline import ThreeDAEPipelineConfig
+from nerfstudio_3dae.trainer import ThreeDAETrainerConfig
 
 
 def _adam(lr: float, final: Optional[float] = None, steps: int = 30000) -> Dict:
@@ -38,8 +38,8 @@ def _scene_groups(plane_lr: float, basis_lr: float, final_factor: Optional[float
     return {"micro": adam(plane_lr), "mlp": adam(plane_lr), "mixing": adam(basis_lr), "bases": adam(basis_lr)}
 
 
-def _trainer(method: str, steps: int, pipeline: ThreeDAEPipelineConfig, optimizers: Dict) -> TrainerConfig:
-    return TrainerConfig(
+def _trainer(method: str, steps: int, pipeline: ThreeDAEPipelineConfig, optimizers: Dict) -> ThreeDAETrainerConfig:
+    return ThreeDAETrainerConfig(
         method_name=method,
         steps_per_eval_batch=0,
         steps_per_eval_image=500,
@@ -56,7 +56,7 @@ def _trainer(method: str, steps: int, pipeline: ThreeDAEPipelineConfig, optimize
     )
 
 
-def autoencoder_method() -> TrainerConfig:
+def autoencoder_method() -> ThreeDAETrainerConfig:
     steps = 5000
     return _trainer(
         "3dae-autoencoder",
@@ -70,7 +70,7 @@ def autoencoder_method() -> TrainerConfig:
     )
 
 
-def latent_method() -> TrainerConfig:
+def latent_method() -> ThreeDAETrainerConfig:
     steps = 3000
     return _trainer(
         "3dae-latent",
@@ -83,7 +83,7 @@ def latent_method() -> TrainerConfig:
     )
 
 
-def rgb_method() -> TrainerConfig:
+def rgb_method() -> ThreeDAETrainerConfig:
     steps = 3000
     return _trainer(
         "3dae-rgb",
