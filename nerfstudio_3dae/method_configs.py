@@ -23,6 +23,7 @@ from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig
 from nerfstudio_3dae.latent_model import LatentTriplaneModelConfig
 from nerfstudio_3dae.model import TriplaneModelConfig
 from nerfstudio_3dae.pipeline import ThreeDAEPipelineConfig
+from nerfstudio_3dae.sparse_adam import RowSparseAdamOptimizerConfig
 from nerfstudio_3dae.trainer import ThreeDAETrainerConfig
 
 
@@ -32,10 +33,21 @@ def _adam(lr: float, final: Optional[float] = None, steps: int = 30000) -> Dict:
 
 
 def _scene_groups(plane_lr: float, basis_lr: float, final_factor: Optional[float], steps: int) -> Dict:
-    def adam(lr: float) -> Dict:
-        return _adam(lr, None if final_factor is None else lr * final_factor, steps)
+    """Optimizers of the scene parameters: row-sparse Adam for the per-scene tables (a step touches only the
+    scenes of its batch), Adam for the shared bases and MLP."""
 
-    return {"micro": adam(plane_lr), "mlp": adam(plane_lr), "mixing": adam(basis_lr), "bases": adam(basis_lr)}
+    def adam(lr: float, sparse: bool = False) -> Dict:
+        group = _adam(lr, None if final_factor is None else lr * final_factor, steps)
+        if sparse:
+            group["optimizer"] = RowSparseAdamOptimizerConfig(lr=lr, eps=1e-15)
+        return group
+
+    return {
+        "micro": adam(plane_lr, sparse=True),
+        "mixing": adam(basis_lr, sparse=True),
+        "mlp": adam(plane_lr),
+        "bases": adam(basis_lr),
+    }
 
 
 def _trainer(method: str, steps: int, pipeline: ThreeDAEPipelineConfig, optimizers: Dict) -> ThreeDAETrainerConfig:

@@ -51,6 +51,9 @@ class TriplaneModelConfig(ModelConfig):
     """Channels mixed from the shared bases (C_mac); 0 disables the bases."""
     num_bases: int = 50
     """Number of shared basis planes M."""
+    sparse_scene_gradients: bool = True
+    """Per-scene tables (micro planes, mixing weights) get row-sparse gradients and a row-sparse Adam: a step's
+    cost does not grow with the number of scenes. Off: dense gradients (needs dense optimizers)."""
     plane_init_std: float = 0.1
     """Standard deviation of the initial plane values."""
     hidden_dim: int = 64
@@ -92,7 +95,8 @@ class TriplaneModel(Model):
         )
         c = self.config
         bank = TriplaneBank(
-            self.num_scenes, c.resolution, c.micro_channels, c.macro_channels, c.num_bases, c.plane_init_std
+            self.num_scenes, c.resolution, c.micro_channels, c.macro_channels, c.num_bases, c.plane_init_std,
+            sparse=c.sparse_scene_gradients,
         )
         mlp = TriplaneMLP(bank.num_channels, self.output_channels, c.hidden_dim, self.output_range)
         settings = RenderSettings(

@@ -22,6 +22,17 @@ from nerfstudio_3dae.latent_model import LatentTriplaneModel
 from nerfstudio_3dae.metrics import aggregate, lpips_unavailable_reason
 
 
+def memory_report(model) -> "tuple[int, int]":
+    """Bytes per scene of the per-scene tables with their Adam moments (and row step counts), and bytes of all other
+    trainable parameters with their Adam moments."""
+    bank = model.field.bank
+    scene_tensors = [bank.micro, bank.weights, bank.bias]
+    per_scene = sum(3 * t.numel() * t.element_size() + 8 * t.shape[0] for t in scene_tensors) // max(model.num_scenes, 1)
+    scene_ids = {id(t) for t in scene_tensors}
+    shared = sum(3 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and id(p) not in scene_ids)
+    return per_scene, shared
+
+
 @dataclass
 class ThreeDAEPipelineConfig(VanillaPipelineConfig):
     """VanillaPipeline + latent caching + stage-1 export."""
@@ -34,9 +45,19 @@ class ThreeDAEPipelineConfig(VanillaPipelineConfig):
 class ThreeDAEPipeline(VanillaPipeline):
     config: ThreeDAEPipelineConfig
 
-    def __init__(self, config: ThreeDAEPipelineConfig, device: str, test_mode="val", **kwargs):
-        super().__init__(config, device, test_mode=test_mode, **kwargs)
+    def __init__(self, config: ThreeDAEPipelineConfig, device: str, test_mode="val", world_size: int = 1, **kwargs):
+        if world_size > 1:
+            raise NotImplementedError(
+                "--machine.num-devices / --machine.num-machines > 1: multi-process training with scenes sharded "
+                "across ranks is not implemented yet (docs/scaling.md); train on one device"
+            )
+        super().__init__(config, device, test_mode=test_mode, world_size=world_size, **kwargs)
         self._latents_of: Optional[str] = None
+        per_scene, shared = memory_report(self.model)
+        CONSOLE.log(
+            f"{self.model.num_scenes} scenes: {per_scene / 1024:.1f} KiB per scene (parameters + Adam state), "
+            f"{shared / 2**20:.1f} MiB shared"
+        )
         if test_mode != "inference" and self._is_latent and self.model.uses_cached_latents:
             self.refresh_latents()
 
@@ -47,7 +68,7 @@ class ThreeDAEPipeline(VanillaPipeline):
     def refresh_latents(self) -> None:
         """Give the datamanager the latents of the model's current encoder (from the disk cache when it has them)."""
         ae = self.model.autoencoder
-        identity = ae.identity
+        identity = ae.encoder_identity  # latents depend on the encoder only: a decoder fine-tune keeps them
         if identity == self._latents_of:
             return
 

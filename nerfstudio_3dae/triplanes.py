@@ -94,6 +94,36 @@ def tv_loss(planes: Float[Tensor, "*bs R R"]) -> Float[Tensor, ""]:
     return d_rows.square().mean() + d_cols.square().mean()
 
 
+class _SparseRowGather(torch.autograd.Function):
+    """``table[ids]`` whose gradient w.r.t. ``table`` is a sparse COO tensor shaped like ``table``.
+
+    The gradient has one sparse dimension (the rows ``ids``, uncoalesced: repeated ids are summed when coalesced)
+    and the rest of ``table``'s dimensions dense: the layout of ``F.embedding(ids, table, sparse=True)``, for a
+    table of any rank (F.embedding takes 2-D tables only, and sparse gradients cannot flow back through a reshape).
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, ids: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(ids)
+        ctx.table_shape = table.shape
+        return table.index_select(0, ids)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (ids,) = ctx.saved_tensors
+        # ids passed index_select's bounds check in forward, so the invariant check can be skipped
+        sparse = torch.sparse_coo_tensor(ids.long()[None], grad.contiguous(), ctx.table_shape, check_invariants=False)
+        return sparse, None
+
+
+def gather_rows(table: Tensor, ids: Int[Tensor, "S"], sparse: bool) -> Tensor:
+    """``table[ids]``; with ``sparse`` the gradient w.r.t. ``table`` is a row-sparse COO tensor (O(S) work)
+    instead of a dense tensor of the whole table (O(rows of the table))."""
+    if not sparse or not table.requires_grad or not torch.is_grad_enabled():
+        return table[ids]
+    return _SparseRowGather.apply(table, ids)
+
+
 def widened_sigmoid(x: Tensor, eps: float = WIDENED_SIGMOID_EPS) -> Tensor:
     """MipNeRF's ``sigmoid(x) * (1 + 2 eps) - eps``: reaches 0 and 1 with finite logits."""
     return torch.sigmoid(x) * (1.0 + 2.0 * eps) - eps
@@ -110,6 +140,12 @@ class TriplaneBank(nn.Module):
 
     ``M = 0`` or ``Cmac = 0`` means no macro planes (micro only, ``C = Cmic``); ``Cmic = 0`` means
     macro only. At least one of the two must give channels.
+
+    With ``sparse`` :meth:`planes` gives ``micro``, ``weights`` and ``bias`` row-sparse COO gradients
+    (one sparse dimension: the scenes of the batch), so a step costs the same for any number of scenes; optimise
+    them with :class:`~nerfstudio_3dae.sparse_adam.RowSparseAdam` (``torch.optim.Adam`` rejects sparse
+    gradients). ``bases`` are shared and always get dense gradients. ``sparse=False`` (default, what
+    ``torch.optim.Adam`` needs) gives dense gradients of the whole tables that are zero outside the batch.
     """
 
     def __init__(
@@ -120,6 +156,7 @@ class TriplaneBank(nn.Module):
         macro_channels: int = 22,
         num_bases: int = 50,
         plane_std: float = 0.1,
+        sparse: bool = False,
     ) -> None:
         super().__init__()
         if num_bases == 0 or macro_channels == 0:
@@ -131,6 +168,7 @@ class TriplaneBank(nn.Module):
         self.micro_channels = micro_channels
         self.macro_channels = macro_channels
         self.num_bases = num_bases
+        self.sparse = sparse
         res = resolution
         self.micro = nn.Parameter(torch.randn(num_scenes, 3, micro_channels, res, res) * plane_std)
         self.bases = nn.Parameter(torch.randn(num_bases, 3, macro_channels, res, res) * plane_std)
@@ -144,11 +182,14 @@ class TriplaneBank(nn.Module):
         return self.micro_channels + self.macro_channels
 
     def planes(self, scene_ids: Int[Tensor, "S"]) -> Float[Tensor, "S 3 C R R"]:
-        """Composed Tri-Planes of the given scenes only (gradients reach only their rows)."""
-        micro = self.micro[scene_ids]  # [S, 3, Cmic, R, R]
+        """Composed Tri-Planes of the given scenes only (gradients reach only their rows; sparse ones with
+        ``sparse``)."""
+        micro = gather_rows(self.micro, scene_ids, self.sparse)  # [S, 3, Cmic, R, R]
         if self.num_bases == 0:
             return micro
-        return compose_planes(micro, self.weights[scene_ids], self.bias[scene_ids], self.bases)
+        weights = gather_rows(self.weights, scene_ids, self.sparse)  # [S, M]
+        bias = gather_rows(self.bias, scene_ids, self.sparse)  # [S]
+        return compose_planes(micro, weights, bias, self.bases)
 
     def forward(self, scene_ids: Int[Tensor, "S"]) -> Float[Tensor, "S 3 C R R"]:
         return self.planes(scene_ids)

@@ -104,9 +104,10 @@ def test_sample_triplanes_keeps_scenes_apart_and_zero_outside() -> None:
         torch.testing.assert_close(feats[s, 2], torch.full((2,), float(s + 1)))
 
 
-def test_bank_returns_requested_scenes_and_grads_only_reach_them() -> None:
+@pytest.mark.parametrize("sparse", [True, False])
+def test_bank_returns_requested_scenes_and_grads_only_reach_them(sparse: bool) -> None:
     torch.manual_seed(2)
-    bank = TriplaneBank(num_scenes=5, resolution=4, micro_channels=2, macro_channels=3, num_bases=4)
+    bank = TriplaneBank(num_scenes=5, resolution=4, micro_channels=2, macro_channels=3, num_bases=4, sparse=sparse)
     ids = torch.tensor([3, 1])
     planes = bank.planes(ids)
     assert planes.shape == (2, 3, 5, 4, 4) and bank.num_channels == 5
@@ -117,7 +118,8 @@ def test_bank_returns_requested_scenes_and_grads_only_reach_them() -> None:
     used = torch.zeros(5, dtype=torch.bool)
     used[ids] = True
     for grad in (bank.micro.grad, bank.weights.grad, bank.bias.grad):
-        per_scene = grad.reshape(5, -1).abs().sum(dim=1)
+        assert grad.is_sparse == sparse
+        per_scene = grad.to_dense().reshape(5, -1).abs().sum(dim=1)
         assert (per_scene[used] > 0).all()
         assert (per_scene[~used] == 0).all()
     assert bank.bases.grad.abs().sum() > 0

@@ -1,0 +1,103 @@
+"""``ns-3dae-bench``: benchmarks of 3dae, one subcommand each.
+
+``ns-3dae-bench scaling --preset small --output scaling.json`` times a latent-space training step for N = 10, 100
+and 1000 scenes with row-sparse updates and with the dense reference, prints a table and writes the JSON.
+
+A new benchmark is one class with a ``main()`` method and one entry of :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Type
+
+import tyro
+from rich.console import Console
+from rich.table import Table
+
+# nerfstudio 1.1.5 on recent torch: upstream deprecation noise (at import and per step), not ours
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from nerfstudio_3dae.bench.scaling import Mode, ScalingConfig, run_scaling  # noqa: E402
+
+CONSOLE = Console(width=None if sys.stdout.isatty() else 120)
+
+
+def _mib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:,.1f}"
+
+
+def scaling_table(result: Dict) -> Table:
+    """The scaling figures, sparse beside dense, one row per scene count (times in ms, memory in MiB)."""
+    table = Table(
+        title=f"ns-3dae-bench scaling, preset {result['preset']} ({result['device']})",
+        caption="s: sparse grads + RowSparseAdam, d: dense grads + Adam; step and optimizer (opt) times in ms, "
+        "peak RSS and scene-table gradients in MiB",
+    )
+    for name in ("N", "step s", "step d", "d/s", "opt s", "opt d", "RSS s", "RSS d", "grad s", "grad d"):
+        table.add_column(name, justify="right")
+    sparse, dense = result, result["dense"]
+    for n in map(str, result["scene_counts"]):
+        s_t, d_t = sparse["step_time_s"][n], dense["step_time_s"][n]
+        s_o, d_o = sparse["phase_time_s"]["optimizer"][n], dense["phase_time_s"]["optimizer"][n]
+        table.add_row(
+            n, f"{1e3 * s_t:.1f}", f"{1e3 * d_t:.1f}", f"{d_t / s_t:.2f}", f"{1e3 * s_o:.1f}", f"{1e3 * d_o:.1f}",
+            _mib(sparse["peak_rss_bytes"][n]), _mib(dense["peak_rss_bytes"][n]),
+            _mib(sparse["scene_grad_bytes"][n]), _mib(dense["scene_grad_bytes"][n]),
+        )  # fmt: skip
+    return table
+
+
+def _summary_lines(result: Dict) -> str:
+    lines = []
+    for label, part in (("sparse", result), ("dense", result["dense"])):
+        per_scene, shared = part["bytes_per_scene"], part["shared_bytes"]
+        lines.append(
+            f"{label:>6}: largest N vs smallest: step time x{part['step_time_ratio']:.2f}, step CPU time "
+            f"x{part['step_cpu_time_ratio']:.2f}, optimizer time x{part['optimizer_time_ratio']:.2f}; per scene "
+            f"{per_scene['params'] / 1024:,.1f} KiB params + {per_scene['optimizer_state'] / 1024:,.1f} KiB optimizer "
+            f"state; shared {_mib(shared['params'])} MiB params + {_mib(shared['optimizer_state'])} MiB state"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
+class Scaling(ScalingConfig):
+    """Time a latent-space training step for N = 10, 100, 1000 scenes: row-sparse updates vs dense Adam."""
+
+    output: Optional[Path] = None
+    """Write the figures to this JSON file."""
+
+    def main(self) -> None:
+        def progress(mode: Mode, num_scenes: int, figures: Dict[str, float]) -> None:
+            wall, cpu = 1e3 * figures["step_time_s"], 1e3 * figures["step_cpu_time_s"]
+            CONSOLE.print(f"  {mode:>6} N={num_scenes:<5} {wall:8.1f} ms/step ({cpu:.1f} ms CPU)")
+
+        where = "one fresh process per (mode, N)" if self.fresh_process else "in this process"
+        CONSOLE.print(f"[bold]scaling[/bold] preset {self.preset}, {where}")
+        result = run_scaling(self, on_run=progress)
+        CONSOLE.print(scaling_table(result))
+        CONSOLE.print(_summary_lines(result))
+        if self.output is not None:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            self.output.write_text(json.dumps(result, indent=2) + "\n")
+            CONSOLE.print(f"wrote {self.output}")
+
+
+COMMANDS: Dict[str, Type] = {"scaling": Scaling}
+"""Subcommand name -> dataclass with a ``main()`` method."""
+
+
+def entrypoint() -> None:
+    """The ``ns-3dae-bench`` console script."""
+    command = tyro.extras.subcommand_cli_from_dict(COMMANDS, description=__doc__)
+    command.main()
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,181 @@
+"""Row-sparse ("lazy") Adam for per-scene parameter tables, and its nerfstudio optimizer config.
+
+A training step touches only the scenes of its batch. With :class:`~nerfstudio_3dae.triplanes.TriplaneBank`
+(``sparse=True``) the gradients of the per-scene tables (``micro``, ``weights``, ``bias``) are sparse COO tensors
+whose single sparse dimension indexes scenes (the layout of ``F.embedding(..., sparse=True)``).
+:class:`RowSparseAdam` updates only those rows: their parameter values, first and second moments and their own step
+count. Untouched rows are not read or written, so the cost of a step is ``O(rows touched)``, independent of the
+number of scenes, and a row touched on every step follows exactly the trajectory of dense :class:`torch.optim.Adam`.
+
+Semantics (per parameter whose first dimension indexes rows):
+
+* sparse gradient: the touched rows are the (coalesced) indices of the gradient; duplicated indices are summed;
+* dense gradient: the touched rows are those whose gradient row is not all zero, so a dense gradient that is zero
+  outside the batch gives the same update as the equivalent sparse one. A row whose true gradient is exactly zero is
+  therefore skipped (its moments do not decay), unlike dense Adam; use :class:`torch.optim.Adam` for shared
+  parameters where that matters.
+
+State per parameter: ``exp_avg`` and ``exp_avg_sq`` (shape of the parameter) and ``row_step`` (``[rows]`` int64,
+number of updates of each row). They are allocated (zero) on the first step that gives the parameter a gradient.
+Only tensors and python numbers are stored, so ``torch.load(weights_only=True)`` reads the state dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
+
+import torch
+from torch import Tensor
+
+from nerfstudio.engine.optimizers import OptimizerConfig
+
+ROW_STEP = "row_step"
+"""State key of the per-row step counts (not ``step``: torch's loader special-cases that key)."""
+
+
+def touched_rows(grad: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(rows [k] int64, values [k, *row_shape])`` of a row-sparse or dense gradient.
+
+    Sparse COO gradients must have exactly one sparse dimension (the rows); they are coalesced, so duplicated rows
+    are summed. For a dense gradient the rows whose entries are not all zero are returned.
+    """
+    if grad.is_sparse:
+        if grad.sparse_dim() != 1:
+            raise ValueError(f"RowSparseAdam needs gradients with one sparse (row) dimension, got {grad.sparse_dim()}")
+        grad = grad.coalesce()
+        return grad.indices()[0], grad.values()
+    if grad.layout != torch.strided:
+        raise ValueError(f"RowSparseAdam supports sparse COO or dense gradients, got layout {grad.layout}")
+    nonzero = grad.reshape(grad.shape[0], -1).ne(0).any(dim=1)
+    rows = nonzero.nonzero().reshape(-1)
+    return rows, grad.index_select(0, rows)
+
+
+def _row_shape(values: Tensor, per_row: Tensor) -> Tensor:
+    """``per_row [k]`` reshaped to broadcast against ``values [k, ...]``."""
+    return per_row.reshape(-1, *([1] * (values.ndim - 1)))
+
+
+class RowSparseAdam(torch.optim.Optimizer):
+    """Adam with lazy row-wise updates and per-row step counts (see the module docstring).
+
+    Args:
+        params: parameters (or parameter groups) whose first dimension indexes rows (scenes); at least 1-D.
+        lr: learning rate.
+        betas: coefficients of the running averages of the gradient and of its square.
+        eps: term added to the denominator.
+        weight_decay: must be 0 (decay of untouched rows has no lazy equivalent).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Union[Tensor, Dict[str, Any]]],
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr < 0.0:
+            raise ValueError(f"RowSparseAdam: invalid learning rate {lr}")
+        if eps < 0.0:
+            raise ValueError(f"RowSparseAdam: invalid eps {eps}")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"RowSparseAdam: betas must be two numbers in [0, 1), got {betas}")
+        if weight_decay != 0:
+            raise ValueError(f"RowSparseAdam supports weight_decay=0 only, got {weight_decay}")
+        defaults = {"lr": lr, "betas": (float(betas[0]), float(betas[1])), "eps": eps, "weight_decay": 0.0}
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim == 0:
+                    raise ValueError("RowSparseAdam needs parameters of at least one dimension (rows first)")
+        self.rows_updated: int = 0
+        """Rows updated by the last :meth:`step`, summed over parameters (a work counter for tests and benchmarks)."""
+
+    def _state_for(self, p: Tensor) -> Dict[str, Tensor]:
+        """The state of ``p``, allocated with zeros on first use."""
+        state = self.state[p]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state[ROW_STEP] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+        """Update the touched rows of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.rows_updated = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.shape != p.shape:
+                    raise ValueError(f"gradient shape {tuple(p.grad.shape)} != parameter shape {tuple(p.shape)}")
+                rows, grad = touched_rows(p.grad)
+                if rows.numel() == 0:
+                    continue
+                self._update_rows(p, self._state_for(p), rows, grad.to(p.dtype), group)
+                self.rows_updated += int(rows.numel())
+        return loss
+
+    @staticmethod
+    def _update_rows(p: Tensor, state: Dict[str, Tensor], rows: Tensor, grad: Tensor, group: Dict[str, Any]) -> None:
+        """One Adam update of ``p[rows]`` with ``grad [k, ...]``, in the operation order of ``torch.optim.Adam``."""
+        beta1, beta2 = group["betas"]
+        exp_avg = state["exp_avg"].index_select(0, rows)
+        exp_avg_sq = state["exp_avg_sq"].index_select(0, rows)
+        steps = state[ROW_STEP].index_select(0, rows) + 1
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        steps_f = steps.to(torch.float64)
+        step_size = _row_shape(grad, (float(group["lr"]) / (1.0 - beta1**steps_f)).to(p.dtype))
+        bias_correction2_sqrt = _row_shape(grad, (1.0 - beta2**steps_f).sqrt().to(p.dtype))
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(float(group["eps"]))
+        values = p.index_select(0, rows).sub_(exp_avg * step_size / denom)
+        p.index_copy_(0, rows, values)
+        state["exp_avg"].index_copy_(0, rows, exp_avg)
+        state["exp_avg_sq"].index_copy_(0, rows, exp_avg_sq)
+        state[ROW_STEP].index_copy_(0, rows, steps)
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict; the per-row step counts keep their int64 type (torch would cast them to float).
+
+        The state of a dense ``torch.optim.Adam`` (a scalar ``step``) loads too: every row then counts ``step``
+        updates, which is what dense Adam did to every row.
+        """
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        row_steps = {i: s.get(ROW_STEP, s.get("step")) for i, s in state_dict["state"].items()}
+        stripped = {
+            "state": {i: {k: v for k, v in s.items() if k not in (ROW_STEP, "step")}
+                      for i, s in state_dict["state"].items()},  # fmt: skip
+            "param_groups": state_dict["param_groups"],
+        }
+        super().load_state_dict(stripped)
+        params: List[Tensor] = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            steps = row_steps.get(saved_id)
+            if steps is None:
+                continue
+            steps = torch.as_tensor(steps).to(device=p.device, dtype=torch.int64)
+            self.state[p][ROW_STEP] = steps.expand(p.shape[0]).clone() if steps.ndim == 0 else steps
+
+
+@dataclass
+class RowSparseAdamOptimizerConfig(OptimizerConfig):
+    """:class:`RowSparseAdam` for per-scene tables (``micro``, ``mixing``): per-step cost independent of the scenes."""
+
+    _target: Type = field(default_factory=lambda: RowSparseAdam)
+    """The optimizer class."""
+    lr: float = 0.0005
+    """Learning rate."""
+    eps: float = 1e-15
+    """Term added to Adam's denominator."""
+    betas: Tuple[float, float] = (0.9, 0.999)
+    """Coefficients of the running averages of the gradient and of its square."""
+    weight_decay: float = 0.0
+    """Must be 0: weight decay of untouched rows has no lazy equivalent."""
