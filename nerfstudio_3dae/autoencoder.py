@@ -22,6 +22,14 @@ from torch import Tensor, nn
 
 NORMALISER_FILE = "3dae_autoencoder.json"
 _KIND_OF_CLASS = {"AutoencoderKL": "kl", "AutoencoderTiny": "tiny"}
+ENCODER_PREFIXES = ("encoder.", "quant_conv.")
+"""State-dict prefixes of the encoder side of both classes (everything else decodes)."""
+Part = Literal["all", "encoder"]
+
+
+def is_encoder_tensor(name: str) -> bool:
+    """Whether a parameter/buffer name of a diffusers autoencoder belongs to its encoder side."""
+    return name.startswith(ENCODER_PREFIXES)
 
 
 def _diffusers_class(kind: str) -> type:
@@ -104,8 +112,7 @@ class LatentAutoencoder(nn.Module):
             raise TypeError(f"expected a diffusers AutoencoderKL or AutoencoderTiny, got {type(model).__name__}")
         self.model = model
         self.normaliser = normaliser if normaliser is not None else NormaliserConfig()
-        self._weights_key: tuple | None = None
-        self._weights_hash: str | None = None
+        self._hashes: dict[str, tuple[tuple, str]] = {}
         if type(model).__name__ == "AutoencoderTiny":
             cfg = model.config
             up = int(cfg.upsampling_scaling_factor) ** (len(cfg.decoder_block_out_channels) - 1)
@@ -173,39 +180,58 @@ class LatentAutoencoder(nn.Module):
         return self.decode(self.encode(images))
 
     # identity ---------------------------------------------------------------------------------------------
-    def _tensors(self) -> list[tuple[str, Tensor]]:
-        return sorted(self.model.state_dict(keep_vars=True).items())
+    def _tensors(self, part: Part = "all") -> list[tuple[str, Tensor]]:
+        items = sorted(self.model.state_dict(keep_vars=True).items())
+        return items if part == "all" else [(n, t) for n, t in items if is_encoder_tensor(n)]
 
     def refresh_identity(self) -> str:
-        """Recompute the weight hash now and return the new :attr:`identity`."""
-        h = hashlib.sha256()
-        for name, t in self._tensors():
-            t = t.detach()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        self._weights_hash, self._weights_key = h.hexdigest(), self._fingerprint()
+        """Recompute the weight hashes now and return the new :attr:`identity`."""
+        self._hashes = {}
         return self.identity
 
-    def _fingerprint(self) -> tuple:
+    def _fingerprint(self, part: Part = "all") -> tuple:
         return tuple(
-            (n, t._version, t.data_ptr(), t.dtype, tuple(t.shape), t.device.type) for n, t in self._tensors()
+            (n, t._version, t.data_ptr(), t.dtype, tuple(t.shape), t.device.type) for n, t in self._tensors(part)
         )
+
+    def _weights_hash(self, part: Part) -> str:
+        """sha256 of the part's tensors, cached until one of them changes (in-place version, storage, dtype...)."""
+        key = self._fingerprint(part)
+        cached = self._hashes.get(part)
+        if cached is None or cached[0] != key:
+            h = hashlib.sha256()
+            for name, t in self._tensors(part):
+                t = t.detach()
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            cached = (key, h.hexdigest())
+            self._hashes[part] = cached
+        return cached[1]
+
+    def _identity(self, part: Part) -> str:
+        cfg = {k: v for k, v in dict(self.model.config).items() if not k.startswith("_")}
+        payload = json.dumps(
+            [type(self.model).__name__, cfg, self.normaliser.to_dict(), part, self._weights_hash(part)],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
     def identity(self) -> str:
-        """16 hex chars hashing class name, config (keys without a leading ``_``), normaliser and weights."""
-        if self._weights_hash is None or self._weights_key != self._fingerprint():
-            self.refresh_identity()
-        cfg = {k: v for k, v in dict(self.model.config).items() if not k.startswith("_")}
-        payload = json.dumps(
-            [type(self.model).__name__, cfg, self.normaliser.to_dict(), self._weights_hash], sort_keys=True, default=str
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """16 hex chars hashing class name, config (keys without a leading ``_``), normaliser and all weights."""
+        return self._identity("all")
+
+    @property
+    def encoder_identity(self) -> str:
+        """Like :attr:`identity` but over the encoder side only (what latents depend on): the key of latent caches,
+        unchanged by a decoder fine-tune."""
+        return self._identity("encoder")
 
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
         """``nn.Module.load_state_dict`` that also invalidates the cached identity."""
         out = super().load_state_dict(*args, **kwargs)
-        self._weights_hash = None
+        self._hashes = {}
         return out
 
     def save(self, folder: str | Path) -> Path:

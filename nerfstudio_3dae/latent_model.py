@@ -24,7 +24,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 
-from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig
+from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, is_encoder_tensor
 from nerfstudio_3dae.autoencoder_source import BASES_FILE, load_bases, resolve_autoencoder
 from nerfstudio_3dae.metrics import image_metrics, rgb_metrics
 from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig, _hwc, _nchw
@@ -96,9 +96,8 @@ class LatentTriplaneModel(TriplaneModel):
         if c.bases is not None:
             with torch.no_grad():
                 self.field.bank.bases.copy_(load_bases(c.bases, tuple(self.field.bank.bases.shape)))
-        with torch.no_grad():  # the fixed background: the latent of a white image
-            white = torch.ones(1, 3, 2 * self.downscale, 2 * self.downscale)
-            self.register_buffer("background_latent", self.autoencoder.encode(white).mean(dim=(0, 2, 3)))
+        # the fixed background: the latent of a white image (followed while stage 1 changes the encoder)
+        self.register_buffer("background_latent", self._white_latent())
         self.step = 0
         # Which phase's learning-rate change was applied; saved with checkpoints so a resumed run does not
         # scale the rates twice (0: none, 1: joint, 2: finetune).
@@ -119,7 +118,15 @@ class LatentTriplaneModel(TriplaneModel):
     def downscale(self) -> int:
         return self.autoencoder.factor
 
+    @torch.no_grad()
+    def _white_latent(self) -> Tensor:
+        p = next(self.autoencoder.parameters())
+        white = torch.ones(1, 3, 2 * self.downscale, 2 * self.downscale, device=p.device)
+        return self.autoencoder.encode(white).mean(dim=(0, 2, 3))
+
     def background_value(self) -> Tensor:
+        if self.config.stage == "autoencoder" and self.training:
+            self.background_latent.copy_(self._white_latent())
         return self.background_latent
 
     @property
@@ -130,21 +137,21 @@ class LatentTriplaneModel(TriplaneModel):
     @property
     def uses_cached_latents(self) -> bool:
         """Whether the current phase reads latents from the datamanager's cache."""
-        return self.phase in ("warmup", "latent", "finetune")
+        return self.phase in ("warmup", "latent")
 
     def _set_trainable(self, phase: Phase) -> None:
         ae = self.autoencoder.model
         learns_decoder = phase in ("ae_pretrain", "joint", "finetune")
         learns_encoder = phase in ("ae_pretrain", "joint")
         for name, p in ae.named_parameters():
-            p.requires_grad_(learns_encoder if _is_encoder(name) else learns_decoder)
+            p.requires_grad_(learns_encoder if is_encoder_tensor(name) else learns_decoder)
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = super().get_param_groups()
         named = list(self.autoencoder.model.named_parameters())
-        groups["decoder"] = [p for n, p in named if not _is_encoder(n)]
+        groups["decoder"] = [p for n, p in named if not is_encoder_tensor(n)]
         if self.config.stage == "autoencoder":
-            groups["encoder"] = [p for n, p in named if _is_encoder(n)]
+            groups["encoder"] = [p for n, p in named if is_encoder_tensor(n)]
         return groups
 
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
@@ -233,10 +240,6 @@ class LatentTriplaneModel(TriplaneModel):
         metrics.update(rgb_metrics(autoencoded[0].permute(1, 2, 0), gt, prefix="autoencoded_"))
         images = {"img": torch.cat([gt, outputs["rgb"]], dim=1), "depth": outputs["depth"]}
         return metrics, images
-
-
-def _is_encoder(name: str) -> bool:
-    return name.startswith(("encoder.", "quant_conv."))
 
 
 def _scale_lr(optimizers, group: str, factor: float) -> None:

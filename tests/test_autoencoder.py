@@ -264,3 +264,15 @@ def test_small_autoencoder_learns_squares(_one_thread):
     with torch.no_grad():
         after = torch.mean((ae(x) - x) ** 2).item()
     assert after < before / 4, (before, after)
+
+
+def test_encoder_identity_ignores_the_decoder():
+    """The latent cache key: a decoder fine-tune keeps it, an encoder change does not."""
+    ae = build_autoencoder(tiny_test_config("kl"), seed=0)
+    whole, encoder = ae.identity, ae.encoder_identity
+    with torch.no_grad():
+        next(ae.model.decoder.parameters()).add_(1.0)
+    assert ae.identity != whole and ae.encoder_identity == encoder
+    with torch.no_grad():
+        next(ae.model.encoder.parameters()).add_(1.0)
+    assert ae.encoder_identity != encoder

@@ -1,0 +1,101 @@
+"""The three methods through nerfstudio's own CLIs (ns-train, ns-eval) on a tiny generated dataset, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nerfstudio_3dae.autoencoder import load_autoencoder
+from nerfstudio_3dae.autoencoder_source import BASES_FILE, RUN_EXPORT
+from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
+from nerfstudio_3dae.scripts.synth import generate_dataset
+
+BIN = Path(sys.executable).parent
+TINY = [
+    "--vis", "tensorboard", "--logging.local-writer.enable", "False",
+    "--steps-per-eval-image", "1000", "--steps-per-eval-all-images", "1000", "--steps-per-save", "1000",
+    "--pipeline.model.resolution", "8", "--pipeline.model.num-bases", "2",
+    "--pipeline.model.micro-channels", "4", "--pipeline.model.macro-channels", "4",
+    "--pipeline.model.num-coarse-samples", "8", "--pipeline.model.num-fine-samples", "8",
+    "--pipeline.datamanager.scenes-per-step", "2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("cars") / "cars", 3, 8, 32, seed=3, test_views=2, progress=False)
+
+
+def ns(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def train(method: str, data: Path, out: Path, steps: int, *extra) -> tuple[Path, str]:
+    proc = ns("ns-train", method, "--data", data, "--output-dir", out, "--timestamp", "run",
+              "--max-num-iterations", steps, *TINY, *extra)  # fmt: skip
+    (run,) = list(out.glob(f"*/{method}/run"))
+    return run, proc.stdout + proc.stderr
+
+
+def checkpoints(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "nerfstudio_models").glob("*.ckpt"))
+
+
+def test_rgb_baseline_trains_and_evaluates(data, tmp_path):
+    run, _ = train("3dae-rgb", data, tmp_path, 12)
+    assert checkpoints(run) == ["step-000000011.ckpt"]
+    ns("ns-eval", "--load-config", run / "config.yml", "--output-path", tmp_path / "eval.json")
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert {"psnr", "ssim"} <= results.keys()
+
+
+def test_stage1_feeds_stage2_and_latents_are_cached(data, tmp_path):
+    stage1, _ = train("3dae-autoencoder", data, tmp_path / "s1", 12, "--pipeline.model.autoencoder", "scratch",
+                      "--pipeline.model.scratch-width", "8", "--pipeline.model.ae-pretrain-steps", "4",
+                      "--pipeline.model.warmup-steps", "4")  # fmt: skip
+    exported = stage1 / RUN_EXPORT
+    assert (exported / "config.json").is_file() and (exported / BASES_FILE).is_file()
+    ae = load_autoencoder(exported)
+    assert ae.factor == 8 and ae.normaliser.kind == "tanh"
+    bases = torch.load(exported / BASES_FILE, weights_only=True)
+    assert bases.shape == (2, 3, 4, 8, 8)
+
+    args = ["--pipeline.model.autoencoder", stage1, "--pipeline.model.bases", stage1,
+            "--pipeline.model.finetune-start", "8", "--pipeline.datamanager.latent-cache-dir", tmp_path / "cache"]
+    stage2, log = train("3dae-latent", data, tmp_path / "s2", 12, *args)
+    assert "encoding" in log and checkpoints(stage2) == ["step-000000011.ckpt"]
+    assert list((tmp_path / "cache" / ae.encoder_identity).glob("*.npy")), "cached under the encoder identity"
+    # the stage-2 checkpoint starts from the stage-1 bases and holds the stage-1 autoencoder's weights
+    state = torch.load(stage2 / "nerfstudio_models" / "step-000000011.ckpt", map_location="cpu")["pipeline"]
+    assert state["_model.field.bank.bases"].shape == bases.shape
+    encoder_key = next(k for k in state if k.startswith("_model.autoencoder.model.encoder."))
+    assert torch.equal(state[encoder_key], ae.model.state_dict()[encoder_key.removeprefix("_model.autoencoder.model.")])
+
+    _, again = train("3dae-latent", data, tmp_path / "s2b", 4, *args)
+    assert "encoding" not in again, "a second run on the same data and autoencoder must not run the encoder"
+
+    ns("ns-eval", "--load-config", stage2 / "config.yml", "--output-path", tmp_path / "eval.json")
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert {"psnr", "ssim", "latent_psnr", "autoencoded_psnr", "autoencoded_ssim"} <= results.keys()
+
+
+def test_default_latent_method_resumes_with_load_dir(data, tmp_path):
+    """3dae-latent with the embedded autoencoder; --load-dir continues from the saved step."""
+    first, _ = train("3dae-latent", data, tmp_path / "a", 6, "--pipeline.model.finetune-start", "4")
+    assert checkpoints(first) == ["step-000000005.ckpt"]
+    second, log = train("3dae-latent", data, tmp_path / "b", 4, "--load-dir", first / "nerfstudio_models",
+                        "--pipeline.model.finetune-start", "4")  # fmt: skip
+    assert "Done loading Nerfstudio checkpoint" in log
+    assert checkpoints(second) == ["step-000000009.ckpt"], "training continued from step 6"
+    state = torch.load(second / "nerfstudio_models" / "step-000000009.ckpt", map_location="cpu")["pipeline"]
+    assert int(state["_model.lr_phase"]) == 2, "the fine-tune learning-rate change is applied once and saved"
