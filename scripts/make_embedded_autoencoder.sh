@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Remakes the embedded autoencoder (nerfstudio_3dae/weights/autoencoder) with the project's own stage 1:
 # generated cars, an AutoencoderKL trained from scratch (autoencoder-only phase), then the 3dae-autoencoder
-# warm-up and joint phases that make it 3D-aware. CPU: about 20 minutes on 2 cores. See docs/autoencoder.md.
+# warm-up and joint phases that make it 3D-aware. CPU: about 15 minutes on 2 idle cores. See docs/autoencoder.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 WORK="${WORK:-$ROOT/outputs/embedded-ae}"
-STEPS="${STEPS:-2500}"
+STEPS="${STEPS:-1500}"
 rm -rf "$WORK"
 ns-3dae-synth --output "$WORK/cars64" --num-scenes 48 --views-per-scene 24 --resolution 64 --test-views 4 --seed 1000
 ns-train 3dae-autoencoder --data "$WORK/cars64" --output-dir "$WORK/runs" --experiment-name embedded-ae \
