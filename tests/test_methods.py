@@ -90,12 +90,12 @@ def test_stage1_feeds_stage2_and_latents_are_cached(data, tmp_path):
 
 
 def test_default_latent_method_resumes_with_load_dir(data, tmp_path):
-    """3dae-latent with the embedded autoencoder; --load-dir continues from the saved step."""
+    """3dae-latent with the embedded autoencoder; --load-dir continues from the saved step to the run's end."""
     first, _ = train("3dae-latent", data, tmp_path / "a", 6, "--pipeline.model.finetune-start", "4")
     assert checkpoints(first) == ["step-000000005.ckpt"]
-    second, log = train("3dae-latent", data, tmp_path / "b", 4, "--load-dir", first / "nerfstudio_models",
+    second, log = train("3dae-latent", data, tmp_path / "b", 10, "--load-dir", first / "nerfstudio_models",
                         "--pipeline.model.finetune-start", "4")  # fmt: skip
     assert "Done loading Nerfstudio checkpoint" in log
-    assert checkpoints(second) == ["step-000000009.ckpt"], "training continued from step 6"
+    assert checkpoints(second) == ["step-000000009.ckpt"], "training continued from step 6 to the 10th step"
     state = torch.load(second / "nerfstudio_models" / "step-000000009.ckpt", map_location="cpu")["pipeline"]
     assert int(state["_model.lr_phase"]) == 2, "the fine-tune learning-rate change is applied once and saved"
