@@ -50,7 +50,10 @@ def _scene_groups(plane_lr: float, basis_lr: float, final_factor: Optional[float
     }
 
 
-def _trainer(method: str, steps: int, pipeline: ThreeDAEPipelineConfig, optimizers: Dict) -> ThreeDAETrainerConfig:
+def _trainer(method: str, steps: int, model, image_multiple: int, optimizers: Dict) -> ThreeDAETrainerConfig:
+    """A method: the 3dae pipeline (multi-scene datamanager, ``image_multiple`` = the autoencoder factor) + model."""
+    datamanager = MultiSceneDatamanagerConfig(dataparser=ScenesDataParserConfig(image_multiple=image_multiple))
+    pipeline = ThreeDAEPipelineConfig(datamanager=datamanager, model=model)
     return ThreeDAETrainerConfig(
         method_name=method,
         steps_per_eval_batch=0,
@@ -70,42 +73,21 @@ def _trainer(method: str, steps: int, pipeline: ThreeDAEPipelineConfig, optimize
 
 def autoencoder_method() -> ThreeDAETrainerConfig:
     steps = 5000
-    return _trainer(
-        "3dae-autoencoder",
-        steps,
-        ThreeDAEPipelineConfig(
-            datamanager=MultiSceneDatamanagerConfig(dataparser=ScenesDataParserConfig(image_multiple=8)),
-            model=LatentTriplaneModelConfig(stage="autoencoder", warmup_steps=500),
-        ),
-        # warm-up rates; the joint phase multiplies micro/MLP by joint_plane_lr_factor (1e-2 -> 1e-3)
-        {**_scene_groups(1e-2, 1e-2, None, steps), "encoder": _adam(1e-4), "decoder": _adam(1e-4)},
-    )
+    model = LatentTriplaneModelConfig(stage="autoencoder", warmup_steps=500)
+    # warm-up rates; the joint phase multiplies micro/MLP by joint_plane_lr_factor (1e-2 -> 1e-3)
+    optimizers = {**_scene_groups(1e-2, 1e-2, None, steps), "encoder": _adam(1e-4), "decoder": _adam(1e-4)}
+    return _trainer("3dae-autoencoder", steps, model, 8, optimizers)
 
 
 def latent_method() -> ThreeDAETrainerConfig:
     steps = 3000
-    return _trainer(
-        "3dae-latent",
-        steps,
-        ThreeDAEPipelineConfig(
-            datamanager=MultiSceneDatamanagerConfig(dataparser=ScenesDataParserConfig(image_multiple=8)),
-            model=LatentTriplaneModelConfig(stage="scenes", finetune_start=2500),
-        ),
-        {**_scene_groups(1e-2, 1e-2, 0.1, steps), "decoder": _adam(1e-4)},
-    )
+    model = LatentTriplaneModelConfig(stage="scenes", finetune_start=2500)
+    return _trainer("3dae-latent", steps, model, 8, {**_scene_groups(1e-2, 1e-2, 0.1, steps), "decoder": _adam(1e-4)})
 
 
 def rgb_method() -> ThreeDAETrainerConfig:
     steps = 3000
-    return _trainer(
-        "3dae-rgb",
-        steps,
-        ThreeDAEPipelineConfig(
-            datamanager=MultiSceneDatamanagerConfig(dataparser=ScenesDataParserConfig(image_multiple=1)),
-            model=TriplaneModelConfig(),
-        ),
-        _scene_groups(1e-2, 1e-2, 0.1, steps),
-    )
+    return _trainer("3dae-rgb", steps, TriplaneModelConfig(), 1, _scene_groups(1e-2, 1e-2, 0.1, steps))
 
 
 autoencoder_spec = MethodSpecification(

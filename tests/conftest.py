@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -64,3 +65,12 @@ def tiny_dataset(tmp_path: Path):
         return root
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Small CPU workloads run fastest (and steadiest on a shared 2-core machine) on one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

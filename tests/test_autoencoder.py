@@ -240,16 +240,7 @@ def _squares(n, size=32, seed=0):
     return imgs
 
 
-@pytest.fixture
-def _one_thread():
-    # tiny convolutions gain nothing from 2 threads, and on a busy 2-core machine they lose a lot
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_small_autoencoder_learns_squares(_one_thread):
+def test_small_autoencoder_learns_squares(one_thread):
     torch.manual_seed(0)
     ae = build_autoencoder(small_autoencoder_config(), seed=0)
     x = _squares(4)

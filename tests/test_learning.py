@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import torch
 
 from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER
 from nerfstudio_3dae.method_configs import latent_method
@@ -16,15 +14,6 @@ STEPS = 360
 FINETUNE_FROM = 300
 MIN_PSNR = 16.0  # dB, decoded test views (measured: 8.1 -> 18.5 dB; the embedded autoencoder alone: ~20.6 dB)
 MIN_GAIN = 5.0  # dB over the untrained model
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny workloads run faster on one thread on these shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_decoded_psnr_rises_on_generated_cars(tmp_path: Path, one_thread):

@@ -211,15 +211,6 @@ def _cameras(num_cams: int, res: int, distance: float = 1.3):
     return torch.cat(origins), torch.cat(directions)
 
 
-@pytest.fixture
-def one_thread():
-    """Small CPU workloads run fastest (and steadiest on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_two_scene_bank_learns_two_coloured_spheres(one_thread) -> None:
     torch.manual_seed(5)
     bank = TriplaneBank(num_scenes=2, resolution=16, micro_channels=6, macro_channels=6, num_bases=4)
