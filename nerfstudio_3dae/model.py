@@ -83,6 +83,7 @@ class TriplaneModel(Model):
 
     def populate_modules(self) -> None:
         super().populate_modules()
+        allow_nerfstudio_checkpoints()  # again here: eval_setup builds the model right before torch.load
         metadata = self.kwargs.get("metadata") or {}
         if "num_scenes" not in metadata:
             raise ValueError("3dae models need the 3dae-scenes dataparser (its outputs carry num_scenes)")
