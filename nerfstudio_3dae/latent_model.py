@@ -25,7 +25,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, is_encoder_tensor
-from nerfstudio_3dae.autoencoder_source import BASES_FILE, load_bases, resolve_autoencoder
+from nerfstudio_3dae.autoencoder_source import load_bases, resolve_autoencoder
 from nerfstudio_3dae.metrics import image_metrics, rgb_metrics
 from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig, _hwc, _nchw
 
@@ -252,5 +252,3 @@ def _scale_lr(optimizers, group: str, factor: float) -> None:
     if scheduler is not None:
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
 
-
-__all__ = ["LatentTriplaneModel", "LatentTriplaneModelConfig", "phase_at", "BASES_FILE"]
