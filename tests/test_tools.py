@@ -57,8 +57,10 @@ def test_ns_eval_reports_every_space_and_every_scene(trained, tmp_path):
         assert math.isfinite(results[key]) and f"{key}_std" in results
     assert set(results["per_scene"]) == {"car_0000", "car_0001"}
     assert "psnr" in results["per_scene"]["car_0001"]
-    if "lpips" not in results or isinstance(results["lpips"], str):  # no local AlexNet weights: said, not faked
+    if isinstance(results["lpips"], str):  # no local AlexNet weights: said, not faked
         assert "LPIPS not computed" in results["lpips"] and "LPIPS not computed" in log
+    else:  # weights present: a real LPIPS in both image spaces
+        assert math.isfinite(results["lpips"]) and math.isfinite(results["autoencoded_lpips"])
     assert len(list((tmp_path / "img").glob("*.png"))) == 4
 
 
