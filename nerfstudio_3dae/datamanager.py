@@ -23,6 +23,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
 from nerfstudio_3dae.data.images import cached_latents, load_images, to_float, views_by_scene
+from nerfstudio_3dae.distributed import owned_scenes, scene_shard
 
 
 @dataclass
@@ -33,7 +34,8 @@ class MultiSceneDatamanagerConfig(FullImageDatamanagerConfig):
     dataparser: ScenesDataParserConfig = field(default_factory=ScenesDataParserConfig)
     """The multi-scene dataparser (3dae-scenes)."""
     scenes_per_step: int = 4
-    """Scenes in one training batch (fewer if the selection has fewer scenes)."""
+    """Scenes in one training batch (fewer if the selection has fewer scenes); per process in a multi-process run,
+    where each process draws from the scenes it owns."""
     views_per_scene: int = 2
     """Views of each of those scenes in one training batch."""
     latent_cache_dir: Optional[Path] = None
@@ -58,6 +60,8 @@ class MultiSceneDatamanager(FullImageDatamanager):
         self.train_scene_ids = self.train_dataset.cameras.metadata[SCENE_ID].squeeze(-1)  # [n]
         self.eval_scene_ids = self.eval_dataset.cameras.metadata[SCENE_ID].squeeze(-1)  # [m]
         self._train_views = views_by_scene(self.train_scene_ids.tolist(), self.num_scenes)
+        self.owned_scenes: List[int] = owned_scenes(self.num_scenes, *scene_shard())
+        """The scenes this process trains (all of them in a single process)."""
         self._rng = random.Random(config.seed)
         self._scene_queue: List[int] = []
         self.train_latents: Optional[Tensor] = None  # [n, c, h, w]
@@ -132,7 +136,7 @@ class MultiSceneDatamanager(FullImageDatamanager):
         chosen: List[int] = []
         while len(chosen) < count:
             if not self._scene_queue:
-                self._scene_queue = list(range(self.num_scenes))
+                self._scene_queue = list(self.owned_scenes)
                 self._rng.shuffle(self._scene_queue)
             scene = self._scene_queue.pop()
             if scene not in chosen:
@@ -140,7 +144,7 @@ class MultiSceneDatamanager(FullImageDatamanager):
         return chosen
 
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
-        scenes = self._next_scenes(min(self.config.scenes_per_step, self.num_scenes))
+        scenes = self._next_scenes(min(self.config.scenes_per_step, len(self.owned_scenes)))
         picked: List[int] = []
         for scene in scenes:
             views = self._train_views[scene].tolist()

@@ -26,6 +26,7 @@ from nerfstudio.viewer.viewer_elements import ViewerDropdown
 
 from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
 from nerfstudio_3dae.data.dataparser import SCENE_ID
+from nerfstudio_3dae.distributed import broadcast_object, owned_scenes, rows_of, scene_shard
 from nerfstudio_3dae.field import RenderSettings, TriplaneField
 from nerfstudio_3dae.metrics import rgb_metrics
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
@@ -34,6 +35,11 @@ allow_nerfstudio_checkpoints()
 
 SCENE_ENV = "NS3DAE_SCENE"
 """Environment variable choosing the scene rendered for cameras without a scene id (ns-render paths, viewer start)."""
+
+SCENE_TABLES = ("field.bank.micro", "field.bank.weights", "field.bank.bias")
+"""Parameters with one row per scene (sharded over the ranks of a multi-process run)."""
+SCENE_PARAM_GROUPS = ("micro", "mixing")
+"""Optimiser groups of the per-scene tables (their state is per row too)."""
 
 
 @dataclass
@@ -66,6 +72,9 @@ class TriplaneModelConfig(ModelConfig):
     """Stratified samples per ray."""
     num_fine_samples: int = 48
     """Importance samples per ray, drawn from the coarse weights."""
+    random_samples: bool = True
+    """Training rays get jittered stratified samples and randomly drawn importance samples. False: the samples of
+    a ray are fixed (as in evaluation), so a training step is reproducible from its batch (used to compare runs)."""
     background: float = 1.0
     """Background colour (grey level in [0, 1]); white matches the generator and SRN."""
     tv_weight: float = 1e-4
@@ -89,15 +98,22 @@ class TriplaneModel(Model):
             raise ValueError("3dae models need the 3dae-scenes dataparser (its outputs carry num_scenes)")
         self.num_scenes: int = int(metadata["num_scenes"])
         self.scene_names: List[str] = list(metadata.get("scene_names") or [str(i) for i in range(self.num_scenes)])
-        self.scene: int = resolve_scene(os.environ[SCENE_ENV], self.scene_names) if os.environ.get(SCENE_ENV) else 0
+        self.shard = scene_shard()
+        """``(rank, world_size)``: this process holds the rows of the scenes ``s % world_size == rank``."""
+        self.owned_scenes = owned_scenes(self.num_scenes, *self.shard)
+        """Ids of the scenes whose per-scene tables this process holds (all of them in a single process)."""
+        owned_names = [self.scene_names[s] for s in self.owned_scenes]
+        default = self.owned_scenes[0] if self.owned_scenes else 0
+        self.scene: int = resolve_scene(os.environ[SCENE_ENV], self.scene_names) if os.environ.get(SCENE_ENV) else default
         """The scene rendered for cameras that carry no scene id (viewer, camera paths)."""
         self.scene_picker = ViewerDropdown(
-            "Scene", self.scene_names[self.scene], self.scene_names, cb_hook=self._on_scene_picked
+            "Scene", self.scene_names[self.scene], owned_names, cb_hook=self._on_scene_picked
         )
         c = self.config
+        seed = broadcast_object(int(torch.randint(0, 2**31 - 1, ()).item()))  # every rank: rank 0's seed
         bank = TriplaneBank(
-            self.num_scenes, c.resolution, c.micro_channels, c.macro_channels, c.num_bases, c.plane_init_std,
-            sparse=c.sparse_scene_gradients,
+            len(self.owned_scenes), c.resolution, c.micro_channels, c.macro_channels, c.num_bases, c.plane_init_std,
+            sparse=c.sparse_scene_gradients, row_seeds=[seed + s for s in self.owned_scenes],
         )
         mlp = TriplaneMLP(bank.num_channels, self.output_channels, c.hidden_dim, self.output_range)
         settings = RenderSettings(
@@ -142,10 +158,10 @@ class TriplaneModel(Model):
         cameras = cameras.flatten()
         return self.field.render(
             cameras.to(self.device),
-            self.scene_ids(cameras),
+            rows_of(self.scene_ids(cameras), *self.shard),
             self.downscale,
             self.background_value(),
-            deterministic=not self.training,
+            deterministic=not (self.training and self.config.random_samples),
             max_rays=chunk,
         )
 

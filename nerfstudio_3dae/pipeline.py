@@ -1,5 +1,10 @@
 """The 3dae pipeline: nerfstudio's VanillaPipeline plus the two things that tie data and autoencoder together:
-filling the datamanager's latent cache with the model's encoder, and exporting a stage-1 autoencoder + bases."""
+filling the datamanager's latent cache with the model's encoder, and exporting a stage-1 autoencoder + bases.
+
+In a multi-process run (``world_size > 1``) the pipeline does not wrap the model in DDP: DDP would all-reduce the
+per-scene tables, which are rank-local (:mod:`nerfstudio_3dae.distributed`). Shared parameters start from rank 0's
+values here and are averaged by :class:`~nerfstudio_3dae.trainer.ShardedOptimizers`.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +19,26 @@ from PIL import Image
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
 from nerfstudio_3dae.datamanager import MultiSceneDatamanager
+from nerfstudio_3dae.distributed import broadcast_from_main, gather_scene_rows, own_rows, scene_shard
 from nerfstudio_3dae.latent_model import LatentTriplaneModel
 from nerfstudio_3dae.metrics import aggregate, lpips_unavailable_reason
+from nerfstudio_3dae.model import SCENE_TABLES
+
+MODEL_PREFIX = "_model."
+"""Prefix of the model's entries in the pipeline's state dict."""
 
 
 def memory_report(model) -> "tuple[int, int]":
     """Bytes per scene of the per-scene tables with their Adam moments (and row step counts), and bytes of all other
-    trainable parameters with their Adam moments."""
+    trainable parameters with their Adam moments (in this process: its scenes and a replica of the shared parts)."""
     bank = model.field.bank
     scene_tensors = [bank.micro, bank.weights, bank.bias]
-    per_scene = sum(3 * t.numel() * t.element_size() + 8 * t.shape[0] for t in scene_tensors) // max(model.num_scenes, 1)
+    per_scene = sum(3 * t.numel() * t.element_size() + 8 * t.shape[0] for t in scene_tensors) // max(bank.micro.shape[0], 1)
     scene_ids = {id(t) for t in scene_tensors}
     shared = sum(3 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and id(p) not in scene_ids)
     return per_scene, shared
@@ -47,19 +58,45 @@ class ThreeDAEPipeline(VanillaPipeline):
 
     def __init__(self, config: ThreeDAEPipelineConfig, device: str, test_mode="val", world_size: int = 1, **kwargs):
         if world_size > 1:
-            raise NotImplementedError(
-                "--machine.num-devices / --machine.num-machines > 1: multi-process training with scenes sharded "
-                "across ranks is not implemented yet (docs/scaling.md); train on one device"
-            )
-        super().__init__(config, device, test_mode=test_mode, world_size=world_size, **kwargs)
+            _check_distributed(config, world_size)
+            if str(device).startswith("cuda"):  # NCCL's object collectives use the current device
+                torch.cuda.set_device(torch.device(device))
+        # world_size=1: no DDP wrapper (see the module docstring); the scenes are sharded by the process group
+        super().__init__(config, device, test_mode=test_mode, world_size=1, **kwargs)
         self._latents_of: Optional[str] = None
+        scene_tables = {id(t) for t in self._scene_tables().values()}
+        broadcast_from_main(t for t in self.model.state_dict(keep_vars=True).values() if id(t) not in scene_tables)
         per_scene, shared = memory_report(self.model)
+        rank, world = scene_shard()
         CONSOLE.log(
-            f"{self.model.num_scenes} scenes: {per_scene / 1024:.1f} KiB per scene (parameters + Adam state), "
-            f"{shared / 2**20:.1f} MiB shared"
+            f"{self.model.num_scenes} scenes"
+            + (f" ({len(self.model.owned_scenes)} on rank {rank} of {world})" if world > 1 else "")
+            + f": {per_scene / 1024:.1f} KiB per scene (parameters + Adam state), {shared / 2**20:.1f} MiB shared"
         )
         if test_mode != "inference" and self._is_latent and self.model.uses_cached_latents:
             self.refresh_latents()
+
+    def _scene_tables(self) -> Dict[str, torch.Tensor]:
+        """The per-scene parameters by their key in the pipeline's state dict."""
+        params = dict(self.model.named_parameters())
+        return {MODEL_PREFIX + name: params[name] for name in SCENE_TABLES}
+
+    def checkpoint_state(self) -> Dict[str, Any]:
+        """``state_dict()`` with whole per-scene tables (collective in a multi-process run: rows gathered from every
+        rank), so a checkpoint loads in any number of processes."""
+        state = self.state_dict()
+        for key in self._scene_tables():
+            state[key] = gather_scene_rows(state[key], self.model.num_scenes)
+        return state
+
+    def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:
+        """Load a checkpoint; each process keeps the rows of its own scenes."""
+        rank, world = scene_shard()
+        state = dict(loaded_state)
+        for key in self._scene_tables():
+            if key in state:
+                state[key] = own_rows(state[key], self.model.num_scenes, rank, world)
+        super().load_pipeline(state, step)
 
     @property
     def _is_latent(self) -> bool:
@@ -137,7 +174,7 @@ class ThreeDAEPipeline(VanillaPipeline):
             run_dir = attrs.trainer.base_dir
 
             def export(step: int) -> None:
-                if step > 0:
+                if step > 0 and comms.is_main_process():
                     self.export_autoencoder(run_dir)
 
             callbacks.append(
@@ -146,6 +183,24 @@ class ThreeDAEPipeline(VanillaPipeline):
                 )
             )
             callbacks.append(
-                TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN], lambda step: self.export_autoencoder(run_dir))
+                TrainingCallback(
+                    [TrainingCallbackLocation.AFTER_TRAIN],
+                    lambda step: self.export_autoencoder(run_dir) if comms.is_main_process() else None,
+                )
             )
         return callbacks
+
+
+def _check_distributed(config: ThreeDAEPipelineConfig, world_size: int) -> None:
+    """Clear errors for multi-process runs that cannot work."""
+    rank, world = scene_shard()
+    if world != world_size:
+        raise RuntimeError(
+            f"world_size={world_size} but the torch.distributed process group has {world} processes: launch "
+            "multi-process runs with ns-train --machine.num-devices (CUDA), ns-3dae-train or torchrun (docs/scaling.md)"
+        )
+    if not getattr(config.model, "sparse_scene_gradients", True):
+        raise ValueError(
+            "multi-process runs need --pipeline.model.sparse-scene-gradients True (row-sparse Adam keeps one step "
+            "count per scene row, which is what lets each process hold its own rows)"
+        )

@@ -6,6 +6,9 @@
 * ``--load-dir`` resumes the run's schedule: ``max_num_iterations`` counts from step 0, so a run killed at step k
   and resumed trains the remaining steps and ends where an uninterrupted run ends (phases, such as the decoder
   fine-tune, are defined in absolute steps too).
+* Multi-process runs (scenes sharded over ranks, :mod:`nerfstudio_3dae.distributed`): every rank takes part in a
+  save (the per-scene rows and their optimiser state are gathered), rank 0 writes it; the shared parameters'
+  gradients are averaged over the ranks before each optimiser step (:class:`ShardedOptimizers`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Type
+from typing import Any, Dict, List, Sequence, Type
 
 import torch
+from torch.nn import Parameter
 
+from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
+
+from nerfstudio_3dae.distributed import average_gradients, gather_optimizer_state, own_optimizer_state, scene_shard
+from nerfstudio_3dae.model import SCENE_PARAM_GROUPS
+from nerfstudio_3dae.sparse_adam import RowSparseAdam
 
 
 @dataclass
@@ -38,8 +48,78 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class ShardedOptimizers(Optimizers):
+    """nerfstudio's ``Optimizers`` for scenes sharded over ranks (plain ``Optimizers`` in a single process).
+
+    Before any optimiser step the gradients of the replicated groups (all but ``scene_groups``) are averaged over the
+    ranks in one all-reduce; the per-scene groups step on their own rows, with gradients divided by the number of
+    ranks: both are then the gradients of the mean loss over all ranks' batches, as one process with the union of
+    the batches computes them. Their state is gathered into whole tables
+    for a checkpoint (:meth:`checkpoint_state`) and sliced back to the rank's rows when loaded.
+    """
+
+    def __init__(self, config: Dict[str, Any], param_groups: Dict[str, List[Parameter]], scene_groups: Sequence[str],
+                 num_scenes: int) -> None:  # fmt: skip
+        super().__init__(config, param_groups)
+        self.scene_groups = [g for g in scene_groups if g in self.optimizers]
+        self.num_scenes = num_scenes
+
+    def _average(self, groups: Sequence[str]) -> None:
+        shared = [g for g in self.optimizers if g not in self.scene_groups and g in groups]  # same order on all ranks
+        average_gradients([p for g in shared for p in self.parameters[g] if p.requires_grad])
+        world = scene_shard()[1]
+        if world > 1:
+            for g in self.scene_groups:
+                for p in self.parameters[g] if g in groups else []:
+                    if p.grad is not None:
+                        p.grad = p.grad / world
+
+    def optimizer_step(self, param_group_name: str) -> None:
+        self._average([param_group_name])
+        super().optimizer_step(param_group_name)
+
+    def optimizer_step_all(self) -> None:
+        self._average(list(self.optimizers))
+        super().optimizer_step_all()
+
+    def optimizer_scaler_step_all(self, grad_scaler) -> None:
+        self._average(list(self.optimizers))
+        super().optimizer_scaler_step_all(grad_scaler)
+
+    def optimizer_scaler_step_some(self, grad_scaler, param_groups: List[str]) -> None:
+        self._average(param_groups)
+        super().optimizer_scaler_step_some(grad_scaler, param_groups)
+
+    def checkpoint_state(self) -> Dict[str, Any]:
+        """Every optimiser's ``state_dict``, the per-scene ones with whole tables (collective)."""
+        states = {}
+        for name, optimizer in self.optimizers.items():
+            if name in self.scene_groups:
+                if isinstance(optimizer, RowSparseAdam):  # same state keys on every rank, even before a step
+                    for p in self.parameters[name]:
+                        optimizer._state_for(p)
+                states[name] = gather_optimizer_state(optimizer.state_dict(), self.num_scenes)
+            else:
+                states[name] = optimizer.state_dict()
+        return states
+
+    def load_optimizers(self, loaded_state: Dict[str, Any]) -> None:
+        rank, world = scene_shard()
+        loaded = {
+            name: own_optimizer_state(state, self.num_scenes, rank, world) if name in self.scene_groups else state
+            for name, state in loaded_state.items()
+        }
+        super().load_optimizers(loaded)
+
+
 class ThreeDAETrainer(Trainer):
     config: ThreeDAETrainerConfig
+
+    def setup_optimizers(self) -> Optimizers:
+        return ShardedOptimizers(
+            self.config.optimizers.copy(), self.pipeline.get_param_groups(), SCENE_PARAM_GROUPS,
+            self.pipeline.model.num_scenes,
+        )
 
     def setup(self, test_mode="val") -> None:
         super().setup(test_mode=test_mode)
@@ -55,19 +135,19 @@ class ThreeDAETrainer(Trainer):
         super().train()
 
     def save_checkpoint(self, step: int) -> None:
+        """Called by every rank (nerfstudio's version runs on rank 0 only): the gathering is collective."""
+        state = {
+            "step": step,
+            "pipeline": self.pipeline.checkpoint_state(),
+            "optimizers": self.optimizers.checkpoint_state(),
+            "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        if not comms.is_main_process():
+            return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
-        pipeline = self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline  # type: ignore
-        atomic_torch_save(
-            {
-                "step": step,
-                "pipeline": pipeline.state_dict(),
-                "optimizers": {k: v.state_dict() for (k, v) in self.optimizers.optimizers.items()},
-                "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
-                "scalers": self.grad_scaler.state_dict(),
-            },
-            ckpt_path,
-        )
+        atomic_torch_save(state, ckpt_path)
         if self.config.save_only_latest_checkpoint:  # only once the new one is complete
             for old in self.checkpoint_dir.glob("*.ckpt"):
                 if old != ckpt_path:

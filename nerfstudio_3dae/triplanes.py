@@ -18,7 +18,7 @@ features (and :func:`decode_points` then zeroes their density by default).
 """
 
 import math
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +146,10 @@ class TriplaneBank(nn.Module):
     them with :class:`~nerfstudio_3dae.sparse_adam.RowSparseAdam` (``torch.optim.Adam`` rejects sparse
     gradients). ``bases`` are shared and always get dense gradients. ``sparse=False`` (default, what
     ``torch.optim.Adam`` needs) gives dense gradients of the whole tables that are zero outside the batch.
+
+    ``row_seeds`` (one per row) makes each row's initial micro planes and weights a function of its seed alone, so a
+    table that holds a subset of the scenes (one rank of a sharded run) starts exactly like those rows of the whole
+    table. Without them the rows are drawn from torch's global generator.
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class TriplaneBank(nn.Module):
         num_bases: int = 50,
         plane_std: float = 0.1,
         sparse: bool = False,
+        row_seeds: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         if num_bases == 0 or macro_channels == 0:
@@ -170,10 +175,19 @@ class TriplaneBank(nn.Module):
         self.num_bases = num_bases
         self.sparse = sparse
         res = resolution
-        self.micro = nn.Parameter(torch.randn(num_scenes, 3, micro_channels, res, res) * plane_std)
-        self.bases = nn.Parameter(torch.randn(num_bases, 3, macro_channels, res, res) * plane_std)
         weight_std = 1.0 / math.sqrt(num_bases) if num_bases > 0 else 0.0
-        self.weights = nn.Parameter(torch.randn(num_scenes, num_bases) * weight_std)
+        if row_seeds is None:  # global generator, in the order micro, bases, weights
+            micro = torch.randn(num_scenes, 3, micro_channels, res, res)
+            bases = torch.randn(num_bases, 3, macro_channels, res, res)
+            weights = torch.randn(num_scenes, num_bases)
+        else:
+            if len(row_seeds) != num_scenes:
+                raise ValueError(f"TriplaneBank: {len(row_seeds)} row seeds for {num_scenes} scenes")
+            micro, weights = _seeded_rows(row_seeds, (3, micro_channels, res, res), (num_bases,))
+            bases = torch.randn(num_bases, 3, macro_channels, res, res)
+        self.micro = nn.Parameter(micro * plane_std)
+        self.bases = nn.Parameter(bases * plane_std)
+        self.weights = nn.Parameter(weights * weight_std)
         self.bias = nn.Parameter(torch.zeros(num_scenes))
 
     @property
@@ -193,6 +207,17 @@ class TriplaneBank(nn.Module):
 
     def forward(self, scene_ids: Int[Tensor, "S"]) -> Float[Tensor, "S 3 C R R"]:
         return self.planes(scene_ids)
+
+
+def _seeded_rows(row_seeds: Sequence[int], *row_shapes: Tuple[int, ...]) -> Tuple[Tensor, ...]:
+    """Standard normal tables ``[len(row_seeds), *shape]``, one per shape; row i is drawn from ``row_seeds[i]``."""
+    tables = [torch.empty(len(row_seeds), *shape) for shape in row_shapes]
+    generator = torch.Generator()
+    for i, seed in enumerate(row_seeds):
+        generator.manual_seed(int(seed))
+        for table in tables:
+            table[i] = torch.randn(table.shape[1:], generator=generator)
+    return tuple(tables)
 
 
 class TriplaneMLP(nn.Module):

@@ -3,7 +3,8 @@
 Reads the layout of :mod:`nerfstudio_3dae.data.layout`, selects scenes, splits views and returns nerfstudio
 ``Cameras`` whose ``metadata["scene_id"]`` holds each camera's scene id (its row in the model's per-scene tables:
 the position of the scene in the selection). Files are checked at parse time (existence, image headers, sizes);
-pixels are decoded later by the datamanager.
+pixels are decoded later by the datamanager. In a multi-process run each process parses only the scenes it owns
+(:mod:`nerfstudio_3dae.distributed`); ids and names stay those of the whole selection.
 
 This module is loaded by nerfstudio's entry-point discovery while its datamanager module is still importing, so it
 must import nothing from datamanagers, pipelines or methods (that would be a circular import).
@@ -23,6 +24,7 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
+from nerfstudio_3dae.distributed import owned_scenes, scene_shard
 from nerfstudio_3dae.data.layout import (
     DatasetError,
     Intrinsics,
@@ -101,19 +103,26 @@ class ScenesDataParser(DataParser):
 
     def __init__(self, config: ScenesDataParserConfig):
         super().__init__(config=config)
-        self._scenes: Optional[List[Scene]] = None
+        self._scenes: Optional[Dict[int, Scene]] = None
         self._selection: Optional[List[int]] = None
         self._names: Optional[List[str]] = None
         self._size: Optional[Tuple[int, int, Path]] = None
 
-    def _load(self) -> List[Scene]:
-        """Read and validate the selected scenes once; both splits reuse the result."""
+    def _load(self) -> Dict[int, Scene]:
+        """Read and validate the selected scenes this process owns once (all of them in a single process), by
+        scene id; both splits reuse the result."""
         if self._scenes is None:
             names = read_scene_names(self.config.data)
             selection = parse_scene_selection(self.config.scenes, len(names), "--scenes (dataparser option scenes)")
-            scenes = [read_scene(self.config.data, names[i]) for i in selection]
+            rank, world = scene_shard()
+            if len(selection) < world:
+                raise DatasetError(
+                    f"{self.config.data}: {len(selection)} scenes selected (--scenes {self.config.scenes!r}) for "
+                    f"{world} processes; every process needs at least one scene"
+                )
+            scenes = {s: read_scene(self.config.data, names[selection[s]]) for s in owned_scenes(len(selection), rank, world)}
             if self.config.check_image_headers:
-                for scene in scenes:
+                for scene in scenes.values():
                     for view in scene.views:
                         self._check_size(view.image, *image_size(view.image), view.intrinsics)
             self._names, self._selection, self._scenes = names, selection, scenes
@@ -159,7 +168,7 @@ class ScenesDataParser(DataParser):
         c2ws: List[np.ndarray] = []
         intrinsics: List[Intrinsics] = []
         scene_ids: List[int] = []
-        for scene_id, scene in enumerate(scenes):
+        for scene_id, scene in scenes.items():
             indices = self._split_indices(scene, split)
             if split == "train" and not indices:
                 raise DatasetError(
@@ -193,9 +202,9 @@ class ScenesDataParser(DataParser):
         )
         b = self.config.scene_bound
         metadata: Dict = {
-            "scene_names": [s.name for s in scenes],
+            "scene_names": [self._names[i] for i in self._selection],
             "scene_indices": list(self._selection),
-            "num_scenes": len(scenes),
+            "num_scenes": len(self._selection),
         }
         return DataparserOutputs(
             image_filenames=images,
