@@ -3,6 +3,10 @@
 ``ns-3dae-bench scaling --preset small --output scaling.json`` times a latent-space training step for N = 10, 100
 and 1000 scenes with row-sparse updates and with the dense reference, prints a table and writes the JSON.
 
+``ns-3dae-bench compare --preset small --output DIR`` trains the same generated scenes with 3dae-rgb and with
+3dae-latent (in the latent space of a 3dae-autoencoder run on other scenes) and writes compare.json, compare.md
+and plots to DIR (docs/benchmarks.md).
+
 A new benchmark is one class with a ``main()`` method and one entry of :data:`COMMANDS`.
 """
 
@@ -13,7 +17,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Type
+from typing import Dict, Literal, Optional, Type
 
 import tyro
 from rich.console import Console
@@ -89,7 +93,41 @@ class Scaling(ScalingConfig):
             CONSOLE.print(f"wrote {self.output}")
 
 
-COMMANDS: Dict[str, Type] = {"scaling": Scaling}
+@dataclass
+class Compare:
+    """3dae-rgb vs 3dae-latent on the same generated scenes: time per scene to a PSNR target, PSNR/SSIM, memory per
+    scene, render time, stage-1 cost amortised over N scenes."""
+
+    preset: Literal["tiny", "small", "paper"] = "small"
+    """tiny: the code path in seconds (tests); small: about 15 min on a 2-core CPU; paper: the paper's sizes (GPU)."""
+    output: Path = Path("outputs/bench-compare")
+    """Folder for compare.json, compare.md, the plots, the generated data and the runs."""
+    autoencoder: str = "embedded"
+    """Where stage 1 (3dae-autoencoder) starts from: 'embedded', 'scratch', a diffusers folder or a hub id."""
+    target_margin_db: float = 0.5
+    """The PSNR target is the RGB run's final test PSNR minus this."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+    seed: int = 0
+    """Seed of the generated scenes (stage-1 scenes use seed + 1000)."""
+
+    def main(self) -> None:
+        import torch
+
+        from nerfstudio_3dae.bench.compare import run_compare
+        from nerfstudio_3dae.bench.report import markdown_table, write_outputs
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        CONSOLE.print(f"[bold]compare[/bold] preset {self.preset} -> {self.output}")
+        result = run_compare(self.preset, self.output, self.autoencoder, self.target_margin_db, self.seed,
+                             log=CONSOLE.print)  # fmt: skip
+        for path in write_outputs(result, self.output):
+            CONSOLE.print(f"wrote {path}")
+        CONSOLE.print(markdown_table(result))
+
+
+COMMANDS: Dict[str, Type] = {"scaling": Scaling, "compare": Compare}
 """Subcommand name -> dataclass with a ``main()`` method."""
 
 

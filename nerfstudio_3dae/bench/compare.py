@@ -1,0 +1,317 @@
+"""Latent tri-planes (``3dae-latent``) against RGB tri-planes (``3dae-rgb``), side by side on the same scenes.
+
+One run of :func:`run_compare`:
+
+1. generates two sets of procedural cars: ``stage1`` scenes and ``N`` new ``scenes`` (other seeds);
+2. **stage 1**: ``3dae-autoencoder`` on the stage-1 scenes (from ``autoencoder``, the embedded weights by default),
+   which exports a 3D-aware autoencoder and bases; its wall time is the cost that ``N`` scenes share;
+3. **RGB**: ``3dae-rgb`` trains the ``N`` scenes at full resolution;
+4. **latent**: ``3dae-latent`` trains the same ``N`` scenes in the stage-1 latent space (latents encoded into a fresh
+   cache, so encoding is paid), then fine-tunes the decoder.
+
+Each method is the registered nerfstudio method config with the preset's sizes, set up and stepped exactly as
+``ns-train`` steps it (training callbacks, then ``Trainer.train_iteration``). The clock counts set-up (image decoding
+and, for the latent method, encoding) and training steps; every ``eval_every`` steps the clock stops while all test
+views are rendered and scored (decoded RGB for the latent method). The figures (:func:`summarise`):
+
+* time per scene to reach the target PSNR (the RGB run's final test PSNR − ``target_margin_db``) and their ratio;
+* final test PSNR / SSIM of both;
+* per-scene memory: parameters + optimiser state of one scene (what stays resident per scene), and the autograd
+  activations a training step saves per scene of its batch (tensors kept for backward: device-independent);
+* time to render one ``render_size``² view (the latent method: a latent image and its decoding);
+* stage-1 time amortised over 1 … 1000 scenes: the "effective per-scene" cost of the latent method.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from nerfstudio.engine.callbacks import TrainingCallbackLocation
+
+from nerfstudio_3dae.autoencoder_source import RUN_EXPORT
+from nerfstudio_3dae.method_configs import autoencoder_method, latent_method, rgb_method
+from nerfstudio_3dae.pipeline import memory_report
+from nerfstudio_3dae.scripts.synth import generate_dataset
+
+
+@dataclass(frozen=True)
+class ComparePreset:
+    """Sizes of one comparison."""
+
+    stage1_scenes: int
+    """Scenes of the 3dae-autoencoder run (not the compared ones)."""
+    scenes: int
+    """N: new scenes trained by both methods."""
+    views_per_scene: int
+    """Views per generated scene."""
+    test_views: int
+    """Of which test views (the PSNR/SSIM figures)."""
+    image_size: int
+    """Image side (a multiple of 8)."""
+    triplane_resolution: int
+    """R of both methods."""
+    num_bases: int
+    """M of both methods."""
+    samples: int
+    """Coarse and fine samples per ray, both methods."""
+    scenes_per_step: int
+    """Scenes in a training batch, both methods."""
+    stage1_steps: int
+    """Steps of the 3dae-autoencoder run."""
+    stage1_warmup: int
+    """Of which warm-up steps (E, D frozen)."""
+    rgb_steps: int
+    """Steps of 3dae-rgb."""
+    latent_steps: int
+    """Steps of 3dae-latent."""
+    finetune_start: int
+    """Step of 3dae-latent at which the decoder fine-tune starts."""
+    eval_every: int
+    """Steps between two evaluations of all test views."""
+    render_size: int = 128
+    """Side of the views timed for the render ratio."""
+    render_repeats: int = 5
+    """Timed renders per method (the median is kept)."""
+
+
+PRESETS: Dict[str, ComparePreset] = {
+    # code path only (tests): a few seconds of training
+    "tiny": ComparePreset(2, 2, 5, 1, 16, 8, 2, 8, 2, 10, 4, 16, 16, 10, 8, render_size=32, render_repeats=2),
+    # about 15 minutes on a 2-core CPU
+    "small": ComparePreset(4, 6, 24, 4, 64, 32, 10, 24, 2, 120, 40, 400, 1500, 1200, 50),
+    # the paper's sizes (128², R = 64, 1000 scenes; stage 1 on 500 others): for a GPU
+    "paper": ComparePreset(500, 1000, 50, 10, 128, 64, 50, 48, 8, 20000, 2000, 30000, 30000, 25000, 2500),
+}
+
+
+@dataclass
+class MethodRun:
+    """What one method's run measured."""
+
+    curve: List[Tuple[int, float, float, float]]
+    """(step, training seconds so far, test PSNR, test SSIM) at every evaluation."""
+    setup_s: float
+    """Seconds of set-up (model, image decoding, latent encoding) on the clock."""
+    phase_s: Dict[str, float]
+    """Seconds of training steps per phase."""
+    bytes_per_scene: int
+    """Parameters + optimiser state of one scene."""
+    shared_bytes: int
+    """Parameters + optimiser state shared by all scenes."""
+    activation_bytes_per_scene: float
+    """Bytes autograd saved for backward in one training step, per scene of the batch."""
+    render_s: float
+    """Median seconds to render one render_size² view."""
+    run_dir: str
+    """The nerfstudio run folder."""
+    autoencoded_psnr: Optional[float] = None
+    """Test PSNR of D(E(x)) at the last evaluation (latent method): the ceiling its decoded renders face."""
+
+
+def _configure(config, data: Path, out: Path, preset: ComparePreset, steps: int, name: str):
+    config.pipeline.datamanager.data = data
+    config.output_dir = out
+    config.experiment_name = name
+    config.timestamp = "bench"
+    config.vis = "tensorboard"
+    config.max_num_iterations = steps
+    config.steps_per_eval_image = config.steps_per_eval_all_images = config.steps_per_save = 10**9
+    config.logging.local_writer.enable = False
+    config.pipeline.datamanager.scenes_per_step = preset.scenes_per_step
+    config.pipeline.datamanager.latent_cache_dir = out / "latent-cache" / name
+    model = config.pipeline.model
+    model.resolution, model.num_bases = preset.triplane_resolution, preset.num_bases
+    model.num_coarse_samples = model.num_fine_samples = preset.samples
+    return config
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def saved_activation_bytes(step: Callable[[], None]) -> int:
+    """Bytes of the tensors autograd saves for backward while ``step`` runs (each storage counted once)."""
+    seen: Dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor):
+        if tensor.layout == torch.strided:
+            storage = tensor.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def _render_time(pipeline, size: int, repeats: int) -> float:
+    camera, _ = pipeline.datamanager.fixed_indices_eval_dataloader[0]
+    camera = camera.flatten()[:1]
+    camera.rescale_output_resolution(size / int(camera.width.reshape(-1)[0]))
+    model = pipeline.model
+    model.eval()
+    model.get_outputs_for_camera(camera)  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(model.device)
+        start = time.perf_counter()
+        model.get_outputs_for_camera(camera)
+        _sync(model.device)
+        times.append(time.perf_counter() - start)
+    model.train()
+    return statistics.median(times)
+
+
+def train_and_measure(config, preset: ComparePreset, on_eval: Optional[Callable[[str, int, float, float], None]] = None
+                      ) -> MethodRun:  # fmt: skip
+    """Set up ``config`` and train it step by step, timing set-up and steps, evaluating every ``eval_every``."""
+    start = time.perf_counter()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    _ = trainer.pipeline.datamanager.train_images  # decoded on the clock (nerfstudio decodes lazily)
+    _sync(trainer.device)
+    setup_s = time.perf_counter() - start
+    pipeline, model = trainer.pipeline, trainer.pipeline.model
+    per_scene, shared = memory_report(model)
+    clock, curve, phase_s, metrics = setup_s, [], {}, {}
+    activation = 0.0
+    steps = config.max_num_iterations
+    for step in range(steps):
+        phase = str(getattr(model, "phase", "rgb"))
+        t0 = time.perf_counter()
+        for callback in trainer.callbacks:
+            callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+        if step == 0:
+            activation = saved_activation_bytes(lambda: trainer.train_iteration(step)) / preset.scenes_per_step
+        else:
+            trainer.train_iteration(step)
+        for callback in trainer.callbacks:
+            callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        _sync(trainer.device)
+        spent = time.perf_counter() - t0
+        clock += spent
+        phase_s[phase] = phase_s.get(phase, 0.0) + spent
+        if (step + 1) % preset.eval_every == 0 or step + 1 == steps:
+            metrics = pipeline.get_average_eval_image_metrics(step=step)
+            curve.append((step + 1, clock, float(metrics["psnr"]), float(metrics["ssim"])))
+            if on_eval is not None:
+                on_eval(config.method_name, step + 1, clock, float(metrics["psnr"]))
+    render_s = _render_time(pipeline, preset.render_size, preset.render_repeats)
+    return MethodRun(curve, setup_s, phase_s, per_scene, shared, activation, render_s, str(trainer.base_dir),
+                     metrics.get("autoencoded_psnr"))  # fmt: skip
+
+
+def time_to_reach(curve: List[Tuple[int, float, float, float]], target: float) -> Optional[float]:
+    """Training seconds at the first evaluation whose PSNR reaches ``target`` (None if none does)."""
+    return next((seconds for _, seconds, psnr, _ in curve if psnr >= target), None)
+
+
+def summarise(preset_name: str, preset: ComparePreset, stage1_s: float, rgb: MethodRun, latent: MethodRun,
+              device: str, target_margin_db: float) -> Dict:  # fmt: skip
+    """The compare.json figures."""
+    n = preset.scenes
+    psnr_rgb, ssim_rgb = rgb.curve[-1][2], rgb.curve[-1][3]
+    psnr_latent, ssim_latent = latent.curve[-1][2], latent.curve[-1][3]
+    target = psnr_rgb - target_margin_db
+    rgb_t, latent_t = time_to_reach(rgb.curve, target), time_to_reach(latent.curve, target)
+    rgb_per_scene = rgb_t / n if rgb_t is not None else None
+    latent_per_scene = latent_t / n if latent_t is not None else None
+    latent_full = latent.curve[-1][1] / n  # the whole latent schedule, per scene
+    # a PSNR both runs reach (the lower of their best): how fast each gets there, even when the target is missed
+    common = min(max(p for _, _, p, _ in rgb.curve), max(p for _, _, p, _ in latent.curve))
+    rgb_common, latent_common = time_to_reach(rgb.curve, common), time_to_reach(latent.curve, common)
+    counts = sorted({1, 10, 100, 1000, n})
+    return {
+        "preset": preset_name,
+        "device": device,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "settings": asdict(preset),
+        "psnr_target": target,
+        "time_ratio": rgb_per_scene / latent_per_scene if rgb_per_scene and latent_per_scene else None,
+        "latent_reached_target": latent_t is not None,
+        "common_psnr": common,
+        "time_ratio_at_common_psnr": rgb_common / latent_common if rgb_common and latent_common else None,
+        "time_per_scene_s": {"rgb": rgb_per_scene, "latent": latent_per_scene},
+        "full_schedule_time_per_scene_s": {"rgb": rgb.curve[-1][1] / n, "latent": latent_full},
+        "memory_ratio": rgb.bytes_per_scene / latent.bytes_per_scene,
+        "bytes_per_scene": {"rgb": rgb.bytes_per_scene, "latent": latent.bytes_per_scene},
+        "shared_bytes": {"rgb": rgb.shared_bytes, "latent": latent.shared_bytes},
+        "activation_memory_ratio": rgb.activation_bytes_per_scene / latent.activation_bytes_per_scene,
+        "activation_bytes_per_scene": {"rgb": rgb.activation_bytes_per_scene, "latent": latent.activation_bytes_per_scene},
+        "render_ratio": rgb.render_s / latent.render_s,
+        "render_time_s": {"rgb": rgb.render_s, "latent": latent.render_s, "size": preset.render_size},
+        "psnr_rgb": psnr_rgb,
+        "psnr_latent": psnr_latent,
+        "best_psnr_latent": max(p for _, _, p, _ in latent.curve),
+        "autoencoded_psnr": latent.autoencoded_psnr,
+        "ssim_rgb": ssim_rgb,
+        "ssim_latent": ssim_latent,
+        "stage1_time_s": stage1_s,
+        "effective_time_per_scene_s": {
+            str(k): {"rgb": rgb_per_scene, "latent": None if latent_per_scene is None else latent_per_scene + stage1_s / k,
+                     "latent_full_schedule": latent_full + stage1_s / k}
+            for k in counts
+        },  # fmt: skip
+        "profile_s": {
+            "rgb": {"setup": rgb.setup_s, **rgb.phase_s},
+            "latent": {"setup": latent.setup_s, **latent.phase_s},
+        },
+        "curves": {"rgb": rgb.curve, "latent": latent.curve},
+        "runs": {"rgb": rgb.run_dir, "latent": latent.run_dir},
+    }
+
+
+def run_compare(preset_name: str, output: Path, autoencoder: str = "embedded", target_margin_db: float = 0.5,
+                seed: int = 0, log: Callable[[str], None] = print) -> Dict:  # fmt: skip
+    """Generate the data, run stage 1, the RGB and the latent method, and return the figures."""
+    preset = PRESETS[preset_name]
+
+    def on_eval(method: str, step: int, seconds: float, psnr: float) -> None:
+        log(f"  {method:<16} step {step:>6}  {seconds:8.1f} s on the clock  test PSNR {psnr:6.2f} dB")
+    workers = min(os.cpu_count() or 1, 8) if preset.scenes >= 100 else 1
+    data1 = generate_dataset(output / "data" / "stage1", preset.stage1_scenes, preset.views_per_scene,
+                             preset.image_size, seed=seed + 1000, test_views=preset.test_views, workers=workers,
+                             progress=False, overwrite=True)  # fmt: skip
+    data = generate_dataset(output / "data" / "scenes", preset.scenes, preset.views_per_scene, preset.image_size,
+                            seed=seed, test_views=preset.test_views, workers=workers, progress=False,
+                            overwrite=True)  # fmt: skip
+    runs = output / "runs"
+
+    log(f"stage 1: 3dae-autoencoder on {preset.stage1_scenes} other scenes, {preset.stage1_steps} steps")
+    stage1 = _configure(autoencoder_method(), data1, runs, preset, preset.stage1_steps, "stage1")
+    stage1.pipeline.model.autoencoder = autoencoder
+    stage1.pipeline.model.warmup_steps = preset.stage1_warmup
+    stage1.steps_per_eval_all_images = 10**9
+    start = time.perf_counter()
+    trainer = stage1.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    stage1_s = time.perf_counter() - start
+    stage1_dir = trainer.base_dir
+    if not (stage1_dir / RUN_EXPORT / "config.json").is_file():
+        raise RuntimeError(f"stage 1 did not export its autoencoder to {stage1_dir / RUN_EXPORT}")
+    del trainer
+
+    log(f"3dae-rgb on {preset.scenes} scenes, {preset.rgb_steps} steps")
+    rgb = train_and_measure(_configure(rgb_method(), data, runs, preset, preset.rgb_steps, "rgb"), preset, on_eval)
+    log(f"3dae-latent on the same scenes, {preset.latent_steps} steps (decoder fine-tune from {preset.finetune_start})")
+    config = _configure(latent_method(), data, runs, preset, preset.latent_steps, "latent")
+    config.pipeline.model.autoencoder = str(stage1_dir)
+    config.pipeline.model.bases = stage1_dir
+    config.pipeline.model.finetune_start = preset.finetune_start
+    latent = train_and_measure(config, preset, on_eval)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda ({torch.cuda.get_device_name()})"
+    return summarise(preset_name, preset, stage1_s, rgb, latent, device, target_margin_db)
+

@@ -1,0 +1,129 @@
+"""The outputs of ``ns-3dae-bench compare``: ``compare.json``, ``compare.md`` (a markdown table) and two PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+TARGETS = {"time_ratio": 10.0, "memory_ratio": 3.2, "render_ratio": 5.0}
+"""The goals the comparison reports against (issue: ≥ 10× time, ≥ 3.2× memory, ≥ 5× rendering)."""
+
+PLOTS = ("psnr_vs_time.png", "effective_cost.png")
+
+
+def _num(value: Optional[float], fmt: str = "{:.2f}", missing: str = "not reached") -> str:
+    return missing if value is None else fmt.format(value)
+
+
+def _met(name: str, value: Optional[float]) -> str:
+    if value is None:
+        return "no"
+    return "yes" if value >= TARGETS[name] else "no"
+
+
+def markdown_table(result: Dict) -> str:
+    """The figures as markdown: the ratios against their targets, then both methods side by side."""
+    kib = lambda b: f"{b / 1024:,.1f} KiB"  # noqa: E731
+    t, b, a, r = (result["time_per_scene_s"], result["bytes_per_scene"], result["activation_bytes_per_scene"],
+                  result["render_time_s"])  # fmt: skip
+    lines: List[str] = [
+        f"**ns-3dae-bench compare**, preset `{result['preset']}` on {result['device']} "
+        f"({result['settings']['scenes']} scenes, {result['settings']['image_size']}² images, "
+        f"R = {result['settings']['triplane_resolution']}); PSNR target {result['psnr_target']:.2f} dB "
+        "(RGB final − 0.5 dB)",
+        "",
+        "| ratio (RGB ÷ latent) | measured | goal | met |",
+        "|---|---|---|---|",
+        f"| time per scene to the PSNR target | {_num(result['time_ratio'])} | ≥ {TARGETS['time_ratio']:g} | "
+        f"{_met('time_ratio', result['time_ratio'])} |",
+        f"| time per scene to {result['common_psnr']:.2f} dB (the lower best PSNR of the two) | "
+        f"{_num(result['time_ratio_at_common_psnr'])} | – | – |",
+        f"| memory per scene (parameters + optimiser state) | {result['memory_ratio']:.2f} | "
+        f"≥ {TARGETS['memory_ratio']:g} | {_met('memory_ratio', result['memory_ratio'])} |",
+        f"| training activations per scene of a batch | {result['activation_memory_ratio']:.2f} | – | – |",
+        f"| render one {r['size']}² view | {result['render_ratio']:.2f} | ≥ {TARGETS['render_ratio']:g} | "
+        f"{_met('render_ratio', result['render_ratio'])} |",
+        "",
+        "| | 3dae-rgb | 3dae-latent |",
+        "|---|---|---|",
+        f"| final test PSNR (dB) | {result['psnr_rgb']:.2f} | {result['psnr_latent']:.2f} "
+        f"(best {result['best_psnr_latent']:.2f}) |",
+        f"| final test SSIM | {result['ssim_rgb']:.3f} | {result['ssim_latent']:.3f} |",
+        f"| test PSNR of the autoencoder alone, D(E(x)) (the latent ceiling) | – | "
+        f"{_num(result.get('autoencoded_psnr'), '{:.2f}', 'not measured')} |",
+        f"| time per scene to {result['psnr_target']:.2f} dB | {_num(t['rgb'], '{:.1f} s')} | "
+        f"{_num(t['latent'], '{:.1f} s')} |",
+        f"| whole schedule per scene | {result['full_schedule_time_per_scene_s']['rgb']:.1f} s | "
+        f"{result['full_schedule_time_per_scene_s']['latent']:.1f} s |",
+        f"| parameters + optimiser state per scene | {kib(b['rgb'])} | {kib(b['latent'])} |",
+        f"| activations per scene of a batch | {kib(a['rgb'])} | {kib(a['latent'])} |",
+        f"| render one {r['size']}² view | {1e3 * r['rgb']:.1f} ms | {1e3 * r['latent']:.1f} ms |",
+        f"| stage 1 (3dae-autoencoder, shared) | – | {result['stage1_time_s']:.1f} s |",
+        "",
+        "Effective latent time per scene with stage 1 shared by N scenes (to the target; whole schedule):",
+        "",
+        "| N | 3dae-rgb | 3dae-latent + stage 1 / N (to target) | (whole schedule) |",
+        "|---|---|---|---|",
+    ]
+    for n, row in result["effective_time_per_scene_s"].items():
+        lines.append(f"| {n} | {_num(row['rgb'], '{:.1f} s')} | {_num(row['latent'], '{:.1f} s')} | "
+                     f"{row['latent_full_schedule']:.1f} s |")  # fmt: skip
+    lines += ["", "Where the time goes (seconds on the clock):", "", "| method | part | seconds |", "|---|---|---|"]
+    for method, parts in result["profile_s"].items():
+        lines += [f"| {method} | {part} | {seconds:.1f} |" for part, seconds in parts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: Dict, folder: Path) -> List[Path]:
+    """PSNR against training time for both methods, and the effective per-scene cost against N (PNG files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [folder / name for name in PLOTS]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for method, colour in (("rgb", "tab:blue"), ("latent", "tab:orange")):
+        curve = result["curves"][method]
+        ax.plot([c[1] for c in curve], [c[2] for c in curve], "o-", color=colour, ms=3, label=f"3dae-{method}")
+    ax.axhline(result["psnr_target"], color="grey", ls="--", lw=1, label="target (RGB final − 0.5 dB)")
+    ax.set_xlabel("training time on the clock (s, all scenes)")
+    ax.set_ylabel("test PSNR (dB, RGB)")
+    ax.set_title(f"PSNR vs time, {result['settings']['scenes']} scenes ({result['device']})")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(paths[0])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    rows = result["effective_time_per_scene_s"]
+    counts = [int(n) for n in rows]
+    rgb = [rows[str(n)]["rgb"] for n in counts]
+    if all(v is not None for v in rgb):
+        ax.plot(counts, rgb, "o-", color="tab:blue", label="3dae-rgb (to target)")
+    latent = [rows[str(n)]["latent"] for n in counts]
+    if all(v is not None for v in latent):
+        ax.plot(counts, latent, "o-", color="tab:orange", label="3dae-latent + stage 1 / N (to target)")
+    ax.plot(counts, [rows[str(n)]["latent_full_schedule"] for n in counts], "s--", color="tab:orange", alpha=0.6,
+            label="3dae-latent + stage 1 / N (whole schedule)")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("N scenes sharing stage 1")
+    ax.set_ylabel("effective time per scene (s)")
+    ax.set_title("Effective per-scene cost")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def write_outputs(result: Dict, folder: Path) -> List[Path]:
+    """compare.json, compare.md and the plots in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    (folder / "compare.md").write_text(markdown_table(result))
+    return [folder / "compare.json", folder / "compare.md", *plot(result, folder)]
