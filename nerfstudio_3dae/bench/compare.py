@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
@@ -133,6 +135,13 @@ def _configure(config, data: Path, out: Path, preset: ComparePreset, steps: int,
     return config
 
 
+def _seed(seed: int) -> None:
+    """What ns-train seeds before a run (each method starts from the same state, whatever ran before it)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _sync(device: str) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -174,6 +183,7 @@ def _render_time(pipeline, size: int, repeats: int) -> float:
 def train_and_measure(config, preset: ComparePreset, on_eval: Optional[Callable[[str, int, float, float], None]] = None
                       ) -> MethodRun:  # fmt: skip
     """Set up ``config`` and train it step by step, timing set-up and steps, evaluating every ``eval_every``."""
+    _seed(config.machine.seed)
     start = time.perf_counter()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
@@ -291,7 +301,7 @@ def run_compare(preset_name: str, output: Path, autoencoder: str = "embedded", t
     stage1 = _configure(autoencoder_method(), data1, runs, preset, preset.stage1_steps, "stage1")
     stage1.pipeline.model.autoencoder = autoencoder
     stage1.pipeline.model.warmup_steps = preset.stage1_warmup
-    stage1.steps_per_eval_all_images = 10**9
+    _seed(stage1.machine.seed)
     start = time.perf_counter()
     trainer = stage1.setup(local_rank=0, world_size=1)
     trainer.setup()
