@@ -22,3 +22,12 @@ def test_method_help_shows_documented_options():
     text = " ".join(out.stdout.split())
     for option in ("--pipeline.model.autoencoder", "--pipeline.model.finetune-start", "3dae-scenes"):
         assert option in text
+
+
+def test_console_scripts_for_multi_process_training_and_benchmarks():
+    out = subprocess.run([str(BIN / "ns-3dae-train"), "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "3dae-latent" in out.stdout and "torchrun" in " ".join(out.stdout.split())
+    out = subprocess.run([str(BIN / "ns-3dae-bench"), "compare", "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "--preset" in out.stdout and "paper" in out.stdout
