@@ -134,6 +134,14 @@ class ThreeDAETrainer(Trainer):
             return
         super().train()
 
+    def _after_train(self) -> None:
+        if comms.is_main_process():
+            super()._after_train()
+            return
+        # other ranks: only their part of the final (collective) save, no second "Training Finished" panel
+        self.training_state = "completed"
+        self.save_checkpoint(self.step)
+
     def save_checkpoint(self, step: int) -> None:
         """Called by every rank (nerfstudio's version runs on rank 0 only): the gathering is collective."""
         state = {

@@ -80,3 +80,14 @@ def test_saved_activation_bytes_counts_what_backward_keeps():
         (x * x).sum().backward()  # saves x (4000 bytes) once
 
     assert saved_activation_bytes(step) == 4000
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_runnable_schedules(name):
+    p = PRESETS[name]
+    assert p.image_size % 8 == 0 and p.render_size % 8 == 0, "the autoencoder downsamples by 8"
+    assert 0 < p.test_views < p.views_per_scene
+    assert p.stage1_warmup < p.stage1_steps, "stage 1 reaches its joint phase"
+    assert 0 < p.finetune_start < p.latent_steps, "the latent run fine-tunes its decoder"
+    assert p.scenes_per_step <= min(p.scenes, p.stage1_scenes)
+    assert p.eval_every <= min(p.rgb_steps, p.latent_steps)

@@ -96,11 +96,13 @@ def test_gather_and_gradient_averaging_on_two_gloo_processes():
 
 
 def _train(args, data: Path, out: Path, timestamp: str, launcher, extra=()) -> Path:
+    """Train, check it finished once (rank 0 alone reports the end), return the run folder."""
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     command = [*launcher, "3dae-rgb", "--data", str(data), "--output-dir", str(out), "--timestamp", timestamp,
                *args, *extra]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+    assert done.stdout.count("Training Finished") == 1, done.stdout[-3000:]
     return out / "data" / "3dae-rgb" / timestamp
 
 
