@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 
-from nerfstudio_3dae.checkpoints import numpy_scalar_globals
+from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
 from nerfstudio_3dae.sparse_adam import ROW_STEP, RowSparseAdam, RowSparseAdamOptimizerConfig
 from nerfstudio_3dae.triplanes import TriplaneBank
 
@@ -144,9 +144,11 @@ def test_state_dict_round_trip_through_nerfstudio_optimizers(tmp_path: Path) -> 
     for state in checkpoint["optimizers"]["micro"]["state"].values():  # the optimizer's own state: tensors only
         assert all(isinstance(v, torch.Tensor) for v in state.values())
     torch.save(checkpoint, tmp_path / "step.ckpt")
-    # nerfstudio's scheduler writes numpy learning rates; 3dae allow-lists numpy scalars (nerfstudio_3dae.checkpoints)
-    with torch.serialization.safe_globals(numpy_scalar_globals()):
-        loaded = torch.load(tmp_path / "step.ckpt", weights_only=True)
+    # nerfstudio's scheduler writes numpy learning rates; 3dae allow-lists numpy scalars (nerfstudio_3dae.checkpoints).
+    # Not torch's safe_globals() context: leaving it removes those globals for the rest of the process, and later
+    # tests (test_resume) then fail to load nerfstudio checkpoints.
+    allow_nerfstudio_checkpoints()
+    loaded = torch.load(tmp_path / "step.ckpt", weights_only=True)
 
     resumed = torch.nn.Parameter(loaded["table"].clone())
     resumed_opts = _nerfstudio_optimizers(resumed)
