@@ -56,26 +56,25 @@ def rows_of(scene_ids: Int[Tensor, "K"], rank: int, world_size: int) -> Int[Tens
 
 
 def own_rows(table: Tensor, num_scenes: int, rank: int, world_size: int) -> Tensor:
-    """This rank's rows of a whole table ``[num_scenes, ...]`` (a copy); a table that is already local is kept."""
-    local = len(owned_scenes(num_scenes, rank, world_size))
-    if table.shape[0] == local:
-        return table
+    """This rank's rows of a whole table ``[num_scenes, ...]`` (a copy; the table itself in a single process)."""
     if table.shape[0] != num_scenes:
-        raise ValueError(f"a per-scene table has {table.shape[0]} rows; expected {num_scenes} (or {local} local)")
-    return table[rank::world_size].clone()
+        raise ValueError(f"a per-scene table has {table.shape[0]} rows; expected one per scene ({num_scenes})")
+    return table if world_size == 1 else table[rank::world_size].clone()
 
 
 def gather_scene_rows(local: Tensor, num_scenes: int) -> Tensor:
-    """The whole table ``[num_scenes, ...]`` from every rank's rows ``[n_r, ...]`` (collective: every rank calls it,
-    every rank gets the result)."""
+    """The whole table ``[num_scenes, ...]`` from every rank's rows ``[n_r, ...]``, on rank 0 only (collective: every
+    rank calls it; the others get their own ``local`` rows back and never hold the whole table)."""
     rank, world = scene_shard()
     if world == 1:
         return local
     per_rank = -(-num_scenes // world)  # rows of the fullest rank
     padded = local.new_zeros((per_rank, *local.shape[1:]))
     padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
+    parts = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
+    dist.gather(padded, parts, dst=0)
+    if parts is None:
+        return local
     # scene s = k W + r is row k of rank r: interleave the ranks' rows
     return torch.stack(parts, dim=1).reshape(per_rank * world, *local.shape[1:])[:num_scenes]
 
@@ -125,7 +124,7 @@ def broadcast_object(value):
 
 
 def gather_optimizer_state(state: Dict[str, Any], num_scenes: int) -> Dict[str, Any]:
-    """A per-scene optimiser's ``state_dict`` with every per-row state tensor gathered into whole tables
+    """A per-scene optimiser's ``state_dict`` with every per-row state tensor gathered into whole tables on rank 0
     (collective: every rank must hold the same state keys)."""
     gathered = {
         index: {name: gather_scene_rows(value, num_scenes) for name, value in sorted(entry.items())}

@@ -103,7 +103,7 @@ class TriplaneModel(Model):
         self.owned_scenes = owned_scenes(self.num_scenes, *self.shard)
         """Ids of the scenes whose per-scene tables this process holds (all of them in a single process)."""
         owned_names = [self.scene_names[s] for s in self.owned_scenes]
-        default = self.owned_scenes[0] if self.owned_scenes else 0
+        default = self.owned_scenes[0]  # the dataparser gives every process at least one scene
         self.scene: int = resolve_scene(os.environ[SCENE_ENV], self.scene_names) if os.environ.get(SCENE_ENV) else default
         """The scene rendered for cameras that carry no scene id (viewer, camera paths)."""
         self.scene_picker = ViewerDropdown(

@@ -93,7 +93,7 @@ class RowSparseAdam(torch.optim.Optimizer):
         self.rows_updated: int = 0
         """Rows updated by the last :meth:`step`, summed over parameters (a work counter for tests and benchmarks)."""
 
-    def _state_for(self, p: Tensor) -> Dict[str, Tensor]:
+    def state_for(self, p: Tensor) -> Dict[str, Tensor]:
         """The state of ``p``, allocated with zeros on first use."""
         state = self.state[p]
         if not state:
@@ -119,7 +119,7 @@ class RowSparseAdam(torch.optim.Optimizer):
                 rows, grad = touched_rows(p.grad)
                 if rows.numel() == 0:
                     continue
-                self._update_rows(p, self._state_for(p), rows, grad.to(p.dtype), group)
+                self._update_rows(p, self.state_for(p), rows, grad.to(p.dtype), group)
                 self.rows_updated += int(rows.numel())
         return loss
 

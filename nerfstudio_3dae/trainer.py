@@ -68,11 +68,10 @@ class ShardedOptimizers(Optimizers):
         shared = [g for g in self.optimizers if g not in self.scene_groups and g in groups]  # same order on all ranks
         average_gradients([p for g in shared for p in self.parameters[g] if p.requires_grad])
         world = scene_shard()[1]
-        if world > 1:
-            for g in self.scene_groups:
-                for p in self.parameters[g] if g in groups else []:
-                    if p.grad is not None:
-                        p.grad = p.grad / world
+        scene_params = [p for g in self.scene_groups if g in groups for p in self.parameters[g]]
+        for p in scene_params if world > 1 else []:
+            if p.grad is not None:
+                p.grad = p.grad / world
 
     def optimizer_step(self, param_group_name: str) -> None:
         self._average([param_group_name])
@@ -97,7 +96,7 @@ class ShardedOptimizers(Optimizers):
             if name in self.scene_groups:
                 if isinstance(optimizer, RowSparseAdam):  # same state keys on every rank, even before a step
                     for p in self.parameters[name]:
-                        optimizer._state_for(p)
+                        optimizer.state_for(p)
                 states[name] = gather_optimizer_state(optimizer.state_dict(), self.num_scenes)
             else:
                 states[name] = optimizer.state_dict()
@@ -143,7 +142,8 @@ class ThreeDAETrainer(Trainer):
         self.save_checkpoint(self.step)
 
     def save_checkpoint(self, step: int) -> None:
-        """Called by every rank (nerfstudio's version runs on rank 0 only): the gathering is collective."""
+        """Called by every rank (nerfstudio's version runs on rank 0 only): the gathering is collective, and only
+        rank 0 holds and writes the whole tables."""
         state = {
             "step": step,
             "pipeline": self.pipeline.checkpoint_state(),

@@ -41,8 +41,8 @@ def test_scenes_are_dealt_round_robin_and_rows_map_back():
         owned_scenes(4, 2, 2)
     whole = torch.arange(5.0)[:, None].expand(5, 3)
     assert own_rows(whole, 5, 1, 2)[:, 0].tolist() == [1.0, 3.0]
-    assert own_rows(whole[:2], 5, 1, 2) is not None  # already local: kept
-    with pytest.raises(ValueError, match="has 4 rows; expected 5"):
+    assert own_rows(whole, 5, 0, 1) is whole, "a single process keeps the whole table"
+    with pytest.raises(ValueError, match=r"has 4 rows; expected one per scene \(5\)"):
         own_rows(whole[:4], 5, 0, 2)
     state = {"state": {0: {"exp_avg": whole, "step": torch.tensor(3.0)}}, "param_groups": []}
     owned = own_optimizer_state(state, 5, 0, 2)["state"][0]
@@ -88,7 +88,10 @@ def test_gather_and_gradient_averaging_on_two_gloo_processes():
     mp.spawn(_collectives, args=(_free_port(), results), nprocs=2, join=True)
     for rank in (0, 1):
         whole, shared, only_rank1, unused = results[rank]
-        assert whole == [[float(s)] * 2 for s in range(5)], "rows interleaved back into scene order, padding dropped"
+        if rank == 0:
+            assert whole == [[float(s)] * 2 for s in range(5)], "rows interleaved back into scene order, no padding"
+        else:
+            assert whole == [[1.0] * 2, [3.0] * 2], "other ranks keep their own rows, never the whole table"
         assert shared == [1.5] * 3 and only_rank1 == [2.0, 2.0] and unused is None
 
 
