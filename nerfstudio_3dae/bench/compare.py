@@ -39,6 +39,7 @@ import torch
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT
+from nerfstudio_3dae.bench.scaling import describe_device, resolve_device
 from nerfstudio_3dae.method_configs import autoencoder_method, latent_method, rgb_method
 from nerfstudio_3dae.pipeline import memory_report
 from nerfstudio_3dae.scripts.synth import generate_dataset
@@ -320,8 +321,6 @@ def run_compare(preset_name: str, output: Path, autoencoder: str = "embedded", t
     config.pipeline.model.bases = stage1_dir
     config.pipeline.model.finetune_start = preset.finetune_start
     latent = train_and_measure(config, preset, on_eval)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = f"cuda ({torch.cuda.get_device_name()})"
+    device = describe_device(resolve_device("auto"))
     return summarise(preset_name, preset, stage1_s, rgb, latent, device, target_margin_db)
 
