@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from nerfstudio_3dae.image_layout import hwc_to_nchw, to_float
+
 NORMALISER_FILE = "3dae_autoencoder.json"
 _KIND_OF_CLASS = {"AutoencoderKL": "kl", "AutoencoderTiny": "tiny"}
 ENCODER_PREFIXES = ("encoder.", "quant_conv.")
@@ -326,20 +328,6 @@ def small_autoencoder_config(latent_channels: int = 4, factor: int = 8, width: i
     }  # fmt: skip
 
 
-def tiny_test_config(kind: Literal["kl", "tiny"] = "kl", latent_channels: int = 4, factor: int = 8) -> dict[str, Any]:
-    """Minimal-width config (for tests) of either class."""
-    if kind == "kl":
-        cfg = small_autoencoder_config(latent_channels, factor, width=8)
-        cfg.update(block_out_channels=[8] * len(cfg["block_out_channels"]), norm_num_groups=4)
-        return cfg
-    levels = int(math.log2(factor)) + 1
-    return {
-        "_class_name": "AutoencoderTiny", "latent_channels": latent_channels,
-        "encoder_block_out_channels": [8] * levels, "decoder_block_out_channels": [8] * levels,
-        "num_encoder_blocks": [1] * levels, "num_decoder_blocks": [1] * levels,
-    }  # fmt: skip
-
-
 def build_autoencoder(
     config: dict[str, Any],
     kind: Literal["auto", "kl", "tiny"] = "kl",
@@ -373,9 +361,9 @@ def encode_in_batches(
     for i in range(0, images.shape[0], batch_size):
         b = images[i : i + batch_size]
         b = torch.from_numpy(np.ascontiguousarray(b)) if isinstance(b, np.ndarray) else b
-        b = b.float() / 255.0 if b.dtype == torch.uint8 else b.float()
+        b = to_float(b)
         if channels_last:
-            b = b.permute(0, 3, 1, 2)
+            b = hwc_to_nchw(b)
         out.append(ae.encode(b).to(out_device))
     if not out:
         h, w = ae.latent_size(*(images.shape[1:3] if channels_last else images.shape[2:4]))

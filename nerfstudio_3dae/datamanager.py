@@ -2,7 +2,7 @@
 
 Derives from nerfstudio's ``FullImageDatamanager`` (ns-render's dataset mode and ns-eval expect it). A training
 batch is ``scenes_per_step × views_per_scene`` views: a ``Cameras`` of that many cameras (their ``metadata``
-carries the scene ids) and a dict with ``image`` ([K, H, W, 3] float in [0, 1]), ``image_uint8``, ``scene_id`` [K]
+carries the scene ids) and a dict with ``image`` ([K, H, W, 3] float in [0, 1]), ``image_idx`` [K], ``scene_id`` [K]
 and, once :meth:`attach_latents` ran, ``latent`` [K, c, h, w].
 """
 
@@ -18,12 +18,14 @@ import torch
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
-from nerfstudio_3dae.data.images import cached_latents, load_images, to_float, views_by_scene
+from nerfstudio_3dae.data.images import cached_latents, load_images, views_by_scene
 from nerfstudio_3dae.distributed import owned_scenes, scene_shard
+from nerfstudio_3dae.image_layout import to_float
 
 
 @dataclass
@@ -31,8 +33,9 @@ class MultiSceneDatamanagerConfig(FullImageDatamanagerConfig):
     """Whole views of many scenes; images kept as uint8, latents encoded once and cached on disk."""
 
     _target: Type = field(default_factory=lambda: MultiSceneDatamanager)
-    dataparser: ScenesDataParserConfig = field(default_factory=ScenesDataParserConfig)
-    """The multi-scene dataparser (3dae-scenes)."""
+    dataparser: AnnotatedDataParserUnion = field(default_factory=ScenesDataParserConfig)
+    """The multi-scene dataparser: the ``3dae-scenes`` subcommand of ns-train, as stock methods take theirs
+    (``ns-train 3dae-latent --data DIR 3dae-scenes --scenes 0:500``); the 3dae models need this one."""
     scenes_per_step: int = 4
     """Scenes in one training batch (fewer if the selection has fewer scenes); per process in a multi-process run,
     where each process draws from the scenes it owns."""
@@ -93,16 +96,16 @@ class MultiSceneDatamanager(FullImageDatamanager):
         return [{"image": img, "image_idx": i} for i, img in enumerate(self.eval_images)]
 
     def attach_latents(self, identity: str, encode: Callable[[Tensor], Tensor]) -> None:
-        """Fill ``train_latents``/``eval_latents`` from the disk cache, encoding (``encode(uint8 [B,H,W,3])``)
-        only what the cache does not hold for this autoencoder ``identity``."""
+        """Fill ``train_latents``/``eval_latents`` from the disk cache, encoding only what the cache does not hold
+        for this autoencoder ``identity``: ``encode(uint8 [N, H, W, 3]) -> [N, c, h, w]`` gets a whole split (the
+        pipeline encodes it in batches of ``encode_batch_size``)."""
         cache_dir = self.config.latent_cache_dir or Path(self.config.dataparser.data) / ".3dae_cache" / "latents"
 
         def encoded(images_of: Callable[[], Tensor]) -> Callable[[], Tensor]:
             def run() -> Tensor:
                 images = images_of()
                 CONSOLE.log(f"encoding {len(images)} images into latents (cached in {cache_dir})")
-                step = self.config.encode_batch_size
-                return torch.cat([encode(images[i : i + step]).cpu() for i in range(0, len(images), step)])
+                return encode(images).cpu()
 
             return run
 
@@ -121,7 +124,6 @@ class MultiSceneDatamanager(FullImageDatamanager):
         images = (self.train_images if train else self.eval_images)[indices]
         cameras = dataset.cameras[indices].to(self.device)
         batch: Dict[str, Tensor] = {
-            "image_uint8": images.to(self.device),
             "image": to_float(images).to(self.device),
             "image_idx": indices,
             "scene_id": (self.train_scene_ids if train else self.eval_scene_ids)[indices].to(self.device),

@@ -22,6 +22,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from nerfstudio_3dae.autoencoder import encode_in_batches
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
 from nerfstudio_3dae.datamanager import MultiSceneDatamanager
 from nerfstudio_3dae.distributed import broadcast_from_main, gather_scene_rows, own_rows, scene_shard
@@ -109,12 +110,10 @@ class ThreeDAEPipeline(VanillaPipeline):
         if identity == self._latents_of:
             return
 
-        @torch.no_grad()
         def encode(images_uint8: torch.Tensor) -> torch.Tensor:
             was_training = ae.training
             ae.eval()
-            images = images_uint8.to(self.device).permute(0, 3, 1, 2).float() / 255.0
-            latents = ae.encode(images)
+            latents = encode_in_batches(ae, images_uint8, self.datamanager.config.encode_batch_size)
             ae.train(was_training)
             return latents
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -14,7 +15,22 @@ from PIL import Image
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from nerfstudio_3dae.autoencoder import small_autoencoder_config  # noqa: E402
 from nerfstudio_3dae.data.layout import Intrinsics, write_scene, write_scenes_index  # noqa: E402
+
+
+def tiny_test_config(kind: Literal["kl", "tiny"] = "kl", latent_channels: int = 4, factor: int = 8) -> Dict[str, Any]:
+    """Minimal-width diffusers config of either autoencoder class (width 8: builds and runs in milliseconds)."""
+    if kind == "kl":
+        cfg = small_autoencoder_config(latent_channels, factor, width=8)
+        cfg.update(block_out_channels=[8] * len(cfg["block_out_channels"]), norm_num_groups=4)
+        return cfg
+    levels = int(math.log2(factor)) + 1
+    return {
+        "_class_name": "AutoencoderTiny", "latent_channels": latent_channels,
+        "encoder_block_out_channels": [8] * levels, "decoder_block_out_channels": [8] * levels,
+        "num_encoder_blocks": [1] * levels, "num_decoder_blocks": [1] * levels,
+    }  # fmt: skip
 
 
 def look_at_c2w(eye: np.ndarray, target: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:

@@ -19,8 +19,8 @@ from nerfstudio_3dae.autoencoder import (
     load_autoencoder,
     normalise_latents,
     small_autoencoder_config,
-    tiny_test_config,
 )
+from conftest import tiny_test_config
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,7 @@ def test_batches_mix_scenes_and_visit_each_equally(tiny_dataset):
         assert cameras.shape == (6,) and batch["image"].shape == (6, 16, 16, 3)
         assert torch.equal(cameras.metadata[SCENE_ID].squeeze(-1), ids)
         assert len(set(ids.tolist())) == 2 and all(c == 3 for c in Counter(ids.tolist()).values())
-        assert torch.equal(batch["image"], batch["image_uint8"].float() / 255)
+        assert torch.equal(batch["image"], dm.train_images[batch["image_idx"]].float() / 255)
         seen.update(set(ids.tolist()))
     assert seen == {0: 2, 1: 2, 2: 2, 3: 2}
 

@@ -53,10 +53,6 @@ def load_images(paths: Sequence[Path], workers: Optional[int] = None) -> UInt8[T
     return torch.from_numpy(np.stack(arrays))
 
 
-def to_float(images: UInt8[Tensor, "*batch H W 3"]) -> Float[Tensor, "*batch H W 3"]:
-    return images.float() / 255.0
-
-
 def dataset_key(paths: Sequence[Path]) -> str:
     """A hash of the image files (path, size, mtime): changes when any image is replaced."""
     digest = hashlib.sha256()

@@ -1,0 +1,45 @@
+"""Image layouts and conversions used across the package: one place for uint8 -> float and channels-last <-> NCHW.
+
+Two layouts meet in this project: nerfstudio's channels-last images (``[H, W, c]`` from ``get_outputs_for_camera``,
+``[K, H, W, 3]`` batches from the datamanager) and torch's ``[K, c, H, W]`` (renderer, autoencoder, torchmetrics).
+Pure tensor functions, no nerfstudio.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Shaped
+from torch import Tensor
+
+
+def to_float(images: Shaped[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
+    """uint8 in [0, 255] -> float32 in [0, 1]; floating-point input is taken as already in [0, 1] (made float32)."""
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if not images.is_floating_point():
+        raise TypeError(f"expected uint8 images in [0, 255] or floats in [0, 1], got dtype {images.dtype}")
+    return images.float()
+
+
+def hwc_to_nchw(images: Shaped[Tensor, "*k H W c"]) -> Shaped[Tensor, "K c H W"]:
+    """Channels-last ``[K, H, W, c]`` or one ``[H, W, c]`` image -> ``[K, c, H, W]`` (``K = 1`` for one image)."""
+    if images.ndim not in (3, 4):
+        raise ValueError(f"expected images of shape [H, W, c] or [K, H, W, c], got {tuple(images.shape)}")
+    if images.ndim == 3:
+        images = images[None]
+    return images.permute(0, 3, 1, 2)
+
+
+def first_to_hwc(
+    images: Float[Tensor, "K c h w"], height: int, width: int, mode: str = "bilinear"
+) -> Float[Tensor, "H W c"]:
+    """The first image of a ``[K, c, h, w]`` batch as ``[H, W, c]`` at ``height x width`` (resampled with ``mode``,
+    e.g. ``"bilinear"`` or ``"nearest"``, when the size differs; unchanged otherwise)."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape [K, c, h, w], got {tuple(images.shape)}")
+    first = images[:1]
+    if first.shape[-2:] != (height, width):
+        align = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        first = F.interpolate(first, size=(height, width), mode=mode, **align)
+    return first[0].permute(1, 2, 0)
