@@ -12,7 +12,7 @@ must import nothing from datamanagers, pipelines or methods (that would be a cir
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Type
 
@@ -25,6 +25,7 @@ from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
 from nerfstudio_3dae.distributed import owned_scenes, scene_shard
+from nerfstudio_3dae.data.images import downscale_image, downscaled_path
 from nerfstudio_3dae.data.layout import (
     DatasetError,
     Intrinsics,
@@ -94,6 +95,10 @@ class ScenesDataParserConfig(DataParserConfig):
     thousands of scenes and moves those errors to the moment the images are decoded."""
     scene_bound: float = 1.0
     """Half side of the scene box [-b, b]^3 that holds every object (the paper uses 1)."""
+    downscale_factor: int = 1
+    """Train on images this many times smaller (nerfstudio's convention): intrinsics are scaled and the images are
+    resized once into a cache beside them (scene/images -> scene/images_2 for 2), reused while it is newer than
+    its source. Both image sides must divide by it, and the result by image_multiple."""
 
 
 class ScenesDataParser(DataParser):
@@ -120,31 +125,60 @@ class ScenesDataParser(DataParser):
                     f"{self.config.data}: {len(selection)} scenes selected (--scenes {self.config.scenes!r}) for "
                     f"{world} processes; every process needs at least one scene"
                 )
+            factor = self.config.downscale_factor
+            if factor < 1:
+                raise DatasetError(f"{self.config.data}: downscale_factor must be >= 1, got {factor}")
             scenes = {s: read_scene(self.config.data, names[selection[s]]) for s in owned_scenes(len(selection), rank, world)}
+            if factor > 1:  # resize once into the cache; the views then point at the small copies
+                scenes = {s: self._downscaled(scene, factor) for s, scene in scenes.items()}
             if self.config.check_image_headers:
                 for scene in scenes.values():
                     for view in scene.views:
-                        self._check_size(view.image, *image_size(view.image), view.intrinsics)
+                        self._check_size(scene, view.image, *image_size(view.image), view.intrinsics)
             self._names, self._selection, self._scenes = names, selection, scenes
         return self._scenes
 
-    def _check_size(self, path: Path, width: int, height: int, intrinsics: Optional[Intrinsics]) -> None:
-        if self._size is None:
-            m = self.config.image_multiple
-            if width % m or height % m:
+    def _downscaled(self, scene: Scene, factor: int) -> Scene:
+        """``scene`` with every image replaced by its cached ``factor``-times smaller copy and the intrinsics scaled
+        (pixel centres at half-integers stay consistent: u' = u / factor for every image point)."""
+        views = []
+        for view in scene.views:
+            width, height = image_size(view.image)
+            intrinsics = view.intrinsics or self._intrinsics_from_fov(view.image, view.camera_angle_x)
+            if (intrinsics.width, intrinsics.height) != (width, height):
                 raise DatasetError(
-                    f"image {path} is {width}x{height}; the autoencoder downsamples by a factor of {m}, so both "
-                    f"sides must be multiples of {m} (resize or crop the images; option image_multiple)"
+                    f"scene {scene.name!r}: image {view.image} is {width}x{height} but its transforms.json says "
+                    f"{intrinsics.width}x{intrinsics.height}"
+                )
+            target = downscaled_path(view.image, scene.root, factor)
+            small_w, small_h = downscale_image(view.image, target, factor)
+            scaled = Intrinsics(
+                fx=intrinsics.fx / factor, fy=intrinsics.fy / factor, cx=intrinsics.cx / factor,
+                cy=intrinsics.cy / factor, width=small_w, height=small_h,
+            )  # fmt: skip
+            views.append(replace(view, image=target, intrinsics=scaled))
+        return replace(scene, views=views)
+
+    def _check_size(self, scene: Scene, path: Path, width: int, height: int, intrinsics: Optional[Intrinsics]) -> None:
+        if self._size is None:
+            m, factor = self.config.image_multiple, self.config.downscale_factor
+            if width % m or height % m:
+                after = f" after downscale_factor {factor}" if factor > 1 else ""
+                raise DatasetError(
+                    f"scene {scene.name!r}: image {path} is {width}x{height}{after}; the autoencoder downsamples by "
+                    f"a factor of {m}, so both sides must be multiples of {m} (resize or crop the images"
+                    f"{', or choose another downscale_factor' if factor > 1 else ''}; option image_multiple)"
                 )
             self._size = (width, height, path)
         elif (width, height) != self._size[:2]:
             w0, h0, first = self._size
             raise DatasetError(
-                f"images of different sizes in one dataset: {path} is {width}x{height} but {first} is {w0}x{h0}"
+                f"images of different sizes in one dataset: {path} (scene {scene.name!r}) is {width}x{height} but "
+                f"{first} is {w0}x{h0}"
             )
         if intrinsics is not None and (intrinsics.width, intrinsics.height) != (width, height):
             raise DatasetError(
-                f"image {path} is {width}x{height} but its transforms.json says "
+                f"scene {scene.name!r}: image {path} is {width}x{height} but its transforms.json says "
                 f"{intrinsics.width}x{intrinsics.height}"
             )
 

@@ -10,7 +10,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -89,3 +89,43 @@ def views_by_scene(scene_ids: Sequence[int], num_scenes: int) -> List[Tensor]:
     """For each scene, the indices of its views in the split."""
     ids = torch.as_tensor(scene_ids, dtype=torch.long)
     return [torch.nonzero(ids == s).squeeze(1) for s in range(num_scenes)]
+
+
+def downscaled_path(image: Path, scene_root: Path, factor: int) -> Path:
+    """Where the ``factor``-times smaller copy of ``image`` is cached, nerfstudio's ``images_2`` convention: the
+    image's top folder inside its scene gets a ``_<factor>`` suffix (``scene/images/0001.png`` →
+    ``scene/images_2/0001.png``); images at the scene's top level go to ``scene/images_<factor>/``."""
+    relative = Path(image).relative_to(scene_root)
+    if len(relative.parts) == 1:
+        return Path(scene_root) / f"images_{factor}" / relative
+    return Path(scene_root) / f"{relative.parts[0]}_{factor}" / Path(*relative.parts[1:])
+
+
+def downscale_image(source: Path, target: Path, factor: int) -> Tuple[int, int]:
+    """Write ``source`` shrunk ``factor`` times (area average; alpha kept) to ``target``, unless a copy at least
+    as new as the source is there already. Both sides must divide by ``factor`` (so intrinsics scale exactly).
+    Returns the new ``(width, height)``. Errors are DatasetErrors naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(source) as img:
+            width, height = img.size
+            if width % factor or height % factor:
+                raise DatasetError(
+                    f"image {source} is {width}x{height}: downscale_factor {factor} must divide both sides "
+                    "(crop the images or choose another factor)"
+                )
+            size = (width // factor, height // factor)
+            if target.exists() and target.stat().st_mtime_ns >= Path(source).stat().st_mtime_ns:
+                return size
+            img.load()
+            if img.mode not in ("RGB", "RGBA", "L", "LA"):
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            small = img.resize(size, Image.Resampling.BOX)
+    except (UnidentifiedImageError, OSError) as err:
+        raise DatasetError(f"image {source} cannot be read for downscaling: {err}") from err
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")  # atomic: other processes may read it
+    small.save(tmp, **({"quality": 95} if target.suffix.lower() in (".jpg", ".jpeg") else {}))
+    tmp.replace(target)
+    return size
