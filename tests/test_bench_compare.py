@@ -1,4 +1,5 @@
-"""ns-3dae-bench compare: the whole code path on the tiny preset (CLI, JSON, table, plots), and its arithmetic."""
+"""ns-3dae-bench compare: the whole code path on the tiny preset (CLI on a converted SRN dataset, JSON, table,
+plots), its refusals, and its arithmetic (the paper's effective-memory accounting included)."""
 
 from __future__ import annotations
 
@@ -12,37 +13,97 @@ import pytest
 import torch
 from PIL import Image
 
-from nerfstudio_3dae.bench.compare import PRESETS, MethodRun, saved_activation_bytes, summarise, time_to_reach
+from nerfstudio_3dae.bench.compare import (
+    PRESETS,
+    MethodRun,
+    run_compare,
+    saved_activation_bytes,
+    select_scenes,
+    summarise,
+    time_to_reach,
+)
+from nerfstudio_3dae.bench.memory import ParameterCounts, effective_memory
 from nerfstudio_3dae.bench.report import PLOTS, markdown_table
+from nerfstudio_3dae.data.layout import DatasetError
+from srn_layout import write_srn_cars
+
+BIN = Path(sys.executable).parent
 
 REQUIRED = {"time_ratio", "memory_ratio", "render_ratio", "psnr_rgb", "psnr_latent", "ssim_rgb", "ssim_latent",
             "device"}  # fmt: skip
 
 
-def test_cli_runs_the_tiny_comparison_and_writes_every_output(tmp_path: Path) -> None:
+def test_cli_compares_on_a_converted_srn_dataset_and_writes_every_output(tmp_path: Path) -> None:
+    """A user's path: SRN-layout cars -> ns-3dae-convert srn -> compare --data with disjoint selections (and the
+    micro/macro RGB ablation as a third run)."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    srn = write_srn_cars(tmp_path / "cars_train", instances=4, views=5, size=16)
+    data = tmp_path / "srn_cars"
+    convert = [str(BIN / "ns-3dae-convert"), "srn", "--input", str(srn), "--output", str(data), "--min-altitude",
+               "None", "--test-views", "1"]  # fmt: skip
+    proc = subprocess.run(convert, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "nerfstudio_3dae.scripts.bench", "compare", "--preset", "tiny", "--output", str(out),
-           "--threads", "1"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    cmd = [str(BIN / "ns-3dae-bench"), "compare", "--preset", "tiny", "--data", str(data), "--stage1-scenes", "0:2",
+           "--scenes", "2:4", "--ablation", "--output", str(out), "--threads", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     result = json.loads((out / "compare.json").read_text())
     assert REQUIRED <= result.keys()
     assert result["preset"] == "tiny" and result["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
-    for key in ("memory_ratio", "render_ratio", "activation_memory_ratio", "stage1_time_s"):
+    assert result["source"] == {"data": str(data), "stage1_scenes": "0:2", "scenes": "2:4", "downscale_factor": 1}
+    for key in ("memory_ratio", "render_ratio", "activation_memory_ratio", "stage1_time_s", "effective_memory_ratio"):
         assert result[key] > 0, key
+    # RGB Tri-Planes at R = 8: 3 x 32 x 8² per scene (+ the unused bias); the latent bank 3 x 10 x 8² + M + 1
+    params = result["effective_memory"]["parameters"]
+    assert params["rgb"]["per_scene"] == 3 * 32 * 64 + 1 and params["latent"]["per_scene"] == 3 * 10 * 64 + 2 + 1
+    assert result["memory_ratio"] == pytest.approx((3 * 32 * 64 + 1) / (3 * 10 * 64 + 3), rel=0.02)
+    assert params["latent"]["shared_frozen"] > 0, "the frozen encoder counts once, without Adam state"
     assert 0 < result["ssim_rgb"] <= 1 and 0 < result["ssim_latent"] <= 1
     assert result["autoencoded_psnr"] > 5, "the latent run reports its autoencoder's own test PSNR"
     assert result["psnr_target"] == pytest.approx(result["psnr_rgb"] - 0.5)
     assert result["time_ratio"] is None or result["time_ratio"] > 0
-    assert len(result["curves"]["rgb"]) == 2 and len(result["curves"]["latent"]) == 2  # every 10 steps and the end
+    assert len(result["curves"]["rgb"]) == 2 and len(result["curves"]["latent"]) == 2  # every 8 steps and the end
     assert {"setup", "latent", "finetune"} <= result["profile_s"]["latent"].keys(), "both latent phases ran"
-    assert "ratio (RGB ÷ latent)" in (out / "compare.md").read_text()
+    assert result["ablation"]["bytes_per_scene"] < result["bytes_per_scene"]["rgb"], "the bank is the smaller one"
+    table = (out / "compare.md").read_text()
+    assert "ratio (RGB ÷ latent)" in table and "Ablation" in table and "effective memory" in table
     for name in PLOTS:
         with Image.open(out / name) as image:
             assert image.format == "PNG" and image.width > 200
     assert (out / "runs" / "stage1" / "3dae-autoencoder" / "bench" / "autoencoder" / "bases.pt").is_file()
     assert "ns-3dae-bench compare" in proc.stdout
+
+
+def test_overlapping_stage1_and_compared_scenes_are_refused(tiny_dataset, tmp_path):
+    root = tiny_dataset(num_scenes=4)
+    with pytest.raises(DatasetError, match=r"--stage1-scenes '0:3' and --scenes '2:4' overlap in 1 scene\(s\): 2 \('obj_002'\)"):
+        run_compare("tiny", tmp_path / "out", data=root, stage1_scenes="0:3", scenes="2:4")
+    with pytest.raises(DatasetError, match="give both --stage1-scenes and --scenes"):
+        run_compare("tiny", tmp_path / "out", data=root, scenes="2:4")
+    with pytest.raises(DatasetError, match="without --data"):
+        run_compare("tiny", tmp_path / "out", scenes="2:4")
+    assert select_scenes(root, "0:2", "3,2") == ([0, 1], [3, 2])
+    assert not (tmp_path / "out").exists(), "refused before anything is written"
+
+
+def test_effective_memory_reproduces_the_papers_accounting():
+    """The paper's sizes (R = 64, 10 + 22 channels, M = 50, MLP 32 -> 64 -> 1 + c) and the 84 M-parameter SD VAE:
+    -44 % (x1.79) at N = 1000 and only -19 % at N = 500 against RGB Tri-Planes (DESIGN.md)."""
+    mlp = lambda c_in, c_out: c_in * 64 + 64 + 64 * (1 + c_out) + 1 + c_out  # noqa: E731
+    rgb = ParameterCounts(per_scene=3 * 32 * 64**2 + 1, shared_trained=mlp(32, 3))
+    vae = 83_653_863
+    latent = ParameterCounts(per_scene=3 * 10 * 64**2 + 50 + 1, shared_trained=50 * 3 * 22 * 64**2 + mlp(32, 4) + vae)
+    memory = effective_memory(rgb, latent)
+    assert memory["ratio"] == pytest.approx(1.79, abs=0.01)
+    assert memory["params"]["ratio"][memory["counts"].index(500)] == pytest.approx(1 / (1 - 0.19), abs=0.02)
+    assert memory["counts"][0] == 1 and memory["counts"][-1] == 10000
+    assert memory["params"]["ratio"][-1] > memory["ratio"] > memory["params"]["ratio"][0], "amortises with N"
+    # with Adam state every optimised float counts three times; a frozen part once
+    frozen = ParameterCounts(per_scene=10, shared_trained=100, shared_frozen=1000)
+    assert frozen.effective(10, adam=True) == 30 + (300 + 1000) / 10
+    with pytest.raises(ValueError, match="at least one scene"):
+        frozen.effective(0)
 
 
 def _run(curve, bytes_per_scene=1000, render_s=0.2):
@@ -91,3 +152,21 @@ def test_presets_are_runnable_schedules(name):
     assert 0 < p.finetune_start < p.latent_steps, "the latent run fine-tunes its decoder"
     assert p.scenes_per_step <= min(p.scenes, p.stage1_scenes)
     assert p.eval_every <= min(p.rgb_steps, p.latent_steps)
+
+
+def test_summary_carries_the_effective_memory_and_the_ablation():
+    preset = PRESETS["tiny"]
+    rgb = _run([(10, 10.0, 20.0, 0.8)], bytes_per_scene=3000)
+    rgb.parameters = ParameterCounts(per_scene=300, shared_trained=1000)
+    latent = _run([(10, 2.0, 19.0, 0.7)])
+    latent.parameters = ParameterCounts(per_scene=100, shared_trained=99_000, shared_frozen=1000)
+    bank = _run([(10, 8.0, 19.8, 0.75)], bytes_per_scene=1500, render_s=0.4)
+    result = summarise("tiny", preset, 100.0, rgb, latent, "cpu", 0.5, num_scenes=5, ablation=bank)
+    assert result["settings"]["scenes"] == 5 and result["time_per_scene_s"]["rgb"] == 10.0 / 5
+    assert result["effective_memory_ratio"] == pytest.approx((300 + 1000 / 1000) / (100 + 100_000 / 1000))
+    with_adam = (900 + 3000 / 1000) / (300 + (3 * 99_000 + 1000) / 1000)
+    assert result["effective_memory_ratio_with_adam"] == pytest.approx(with_adam)
+    assert result["ablation"]["memory_ratio"] == 1.5 and result["ablation"]["render_ratio"] == 2.0
+    assert result["ablation"]["time_per_scene_s"] == 8.0 / 5, "19.8 dB reaches the 19.5 dB target"
+    table = markdown_table(result)
+    assert "| effective memory per scene at N = 1000" in table and "Ablation, 3dae-rgb with" in table

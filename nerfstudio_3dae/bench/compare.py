@@ -1,11 +1,13 @@
-"""Latent tri-planes (``3dae-latent``) against RGB tri-planes (``3dae-rgb``), side by side on the same scenes.
+"""Latent tri-planes (``3dae-latent``) against the paper's baseline, RGB Tri-Planes (``3dae-rgb``), on the same scenes.
 
 One run of :func:`run_compare`:
 
-1. generates two sets of procedural cars: ``stage1`` scenes and ``N`` new ``scenes`` (other seeds);
+1. the data: with ``data``, two disjoint selections of any 3dae-scenes dataset (``stage1_scenes`` and the compared
+   ``scenes``); without, two sets of procedural cars (``stage1`` scenes and ``N`` new ``scenes``, other seeds);
 2. **stage 1**: ``3dae-autoencoder`` on the stage-1 scenes (from ``autoencoder``, the embedded weights by default),
    which exports a 3D-aware autoencoder and bases; its wall time is the cost that ``N`` scenes share;
-3. **RGB**: ``3dae-rgb`` trains the ``N`` scenes at full resolution;
+3. **RGB**: ``3dae-rgb`` trains the ``N`` scenes at full resolution: RGB Tri-Planes, 32 scene-specific channels per
+   plane, no bases (optionally also the ablation: the latent method's micro/macro bank rendered in RGB);
 4. **latent**: ``3dae-latent`` trains the same ``N`` scenes in the stage-1 latent space (latents encoded into a fresh
    cache, so encoding is paid), then fine-tunes the decoder.
 
@@ -18,6 +20,8 @@ views are rendered and scored (decoded RGB for the latent method). The figures (
 * final test PSNR / SSIM of both;
 * per-scene memory: parameters + optimiser state of one scene (what stays resident per scene), and the autograd
   activations a training step saves per scene of its batch (tensors kept for backward: device-independent);
+* effective per-scene memory, the paper's accounting (:mod:`nerfstudio_3dae.bench.memory`): a scene's parameters
+  + the shared ones (bases, MLP, the whole autoencoder) / N, for N = 1 … 10 000, with and without Adam state;
 * time to render one ``render_size``² view (the latent method: a latent image and its decoding);
 * stage-1 time amortised over 1 … 1000 scenes: the "effective per-scene" cost of the latent method.
 """
@@ -39,15 +43,19 @@ import torch
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT
+from nerfstudio_3dae.bench.memory import ParameterCounts, effective_memory, parameter_counts
 from nerfstudio_3dae.bench.scaling import describe_device, resolve_device
-from nerfstudio_3dae.method_configs import autoencoder_method, latent_method, rgb_method
+from nerfstudio_3dae.data.dataparser import parse_scene_selection
+from nerfstudio_3dae.data.layout import DatasetError, read_scene_names
+from nerfstudio_3dae.data.synth.generate import generate_dataset
+from nerfstudio_3dae.method_configs import RGB_BANK_ABLATION, autoencoder_method, latent_method, rgb_method
 from nerfstudio_3dae.pipeline import memory_report
-from nerfstudio_3dae.scripts.synth import generate_dataset
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ComparePreset:
-    """Sizes of one comparison."""
+    """Sizes and schedules of one comparison. With ``--data`` the dataset gives the scenes, views and image size
+    (``scenes``, ``views_per_scene``, ``test_views`` and ``image_size`` only shape generated data)."""
 
     stage1_scenes: int
     """Scenes of the 3dae-autoencoder run (not the compared ones)."""
@@ -60,9 +68,9 @@ class ComparePreset:
     image_size: int
     """Image side (a multiple of 8)."""
     triplane_resolution: int
-    """R of both methods."""
+    """R of every method."""
     num_bases: int
-    """M of both methods."""
+    """M of the latent method (and of the micro/macro RGB ablation; RGB Tri-Planes have no bases)."""
     samples: int
     """Coarse and fine samples per ray, both methods."""
     scenes_per_step: int
@@ -87,11 +95,29 @@ class ComparePreset:
 
 PRESETS: Dict[str, ComparePreset] = {
     # code path only (tests): a few seconds of training
-    "tiny": ComparePreset(2, 2, 5, 1, 16, 8, 2, 8, 2, 10, 4, 16, 16, 10, 8, render_size=32, render_repeats=2),
+    "tiny": ComparePreset(
+        stage1_scenes=2, scenes=2, views_per_scene=5, test_views=1, image_size=16, triplane_resolution=8,
+        num_bases=2, samples=8, scenes_per_step=2, stage1_steps=10, stage1_warmup=4, rgb_steps=16, latent_steps=16,
+        finetune_start=10, eval_every=8, render_size=32, render_repeats=2,
+    ),
     # about 15 minutes on a 2-core CPU
-    "small": ComparePreset(4, 6, 24, 4, 64, 32, 10, 24, 2, 120, 40, 400, 1500, 1200, 50),
+    "small": ComparePreset(
+        stage1_scenes=4, scenes=6, views_per_scene=24, test_views=4, image_size=64, triplane_resolution=32,
+        num_bases=10, samples=24, scenes_per_step=2, stage1_steps=120, stage1_warmup=40, rgb_steps=400,
+        latent_steps=1500, finetune_start=1200, eval_every=50,
+    ),
+    # the paper's image size and R at few scenes and short schedules: within 45 minutes on a 2-core CPU
+    "medium": ComparePreset(
+        stage1_scenes=4, scenes=4, views_per_scene=20, test_views=4, image_size=128, triplane_resolution=64,
+        num_bases=10, samples=16, scenes_per_step=2, stage1_steps=60, stage1_warmup=30, rgb_steps=150,
+        latent_steps=800, finetune_start=650, eval_every=50,
+    ),
     # the paper's sizes (128², R = 64, 1000 scenes; stage 1 on 500 others): for a GPU
-    "paper": ComparePreset(500, 1000, 50, 10, 128, 64, 50, 48, 8, 20000, 2000, 30000, 30000, 25000, 2500),
+    "paper": ComparePreset(
+        stage1_scenes=500, scenes=1000, views_per_scene=50, test_views=10, image_size=128, triplane_resolution=64,
+        num_bases=50, samples=48, scenes_per_step=8, stage1_steps=20000, stage1_warmup=2000, rgb_steps=30000,
+        latent_steps=30000, finetune_start=25000, eval_every=2500,
+    ),
 }
 
 
@@ -117,10 +143,28 @@ class MethodRun:
     """The nerfstudio run folder."""
     autoencoded_psnr: Optional[float] = None
     """Test PSNR of D(E(x)) at the last evaluation (latent method): the ceiling its decoded renders face."""
+    parameters: Optional[ParameterCounts] = None
+    """Parameter counts for the paper's effective-memory accounting."""
 
 
-def _configure(config, data: Path, out: Path, preset: ComparePreset, steps: int, name: str):
-    config.pipeline.datamanager.data = data
+@dataclass(frozen=True)
+class Selection:
+    """Where the scenes of a comparison come from."""
+
+    data: Path
+    """A 3dae-scenes dataset root."""
+    scenes: str = ":"
+    """Its scenes to use (a --scenes spec)."""
+    downscale_factor: int = 1
+    """The dataparser's downscale_factor."""
+
+
+def _configure(config, data: Selection, out: Path, preset: ComparePreset, steps: int, name: str, bases: bool = True):
+    """``config`` with the preset's sizes on ``data``; ``bases=False`` keeps the model's own channels and no bases
+    (RGB Tri-Planes)."""
+    config.pipeline.datamanager.data = data.data
+    config.pipeline.datamanager.dataparser.scenes = data.scenes
+    config.pipeline.datamanager.dataparser.downscale_factor = data.downscale_factor
     config.output_dir = out
     config.experiment_name = name
     config.timestamp = "bench"
@@ -131,7 +175,9 @@ def _configure(config, data: Path, out: Path, preset: ComparePreset, steps: int,
     config.pipeline.datamanager.scenes_per_step = preset.scenes_per_step
     config.pipeline.datamanager.latent_cache_dir = out / "latent-cache" / name
     model = config.pipeline.model
-    model.resolution, model.num_bases = preset.triplane_resolution, preset.num_bases
+    model.resolution = preset.triplane_resolution
+    if bases:
+        model.num_bases = preset.num_bases
     model.num_coarse_samples = model.num_fine_samples = preset.samples
     return config
 
@@ -218,7 +264,7 @@ def train_and_measure(config, preset: ComparePreset, on_eval: Optional[Callable[
                 on_eval(config.method_name, step + 1, clock, float(metrics["psnr"]))
     render_s = _render_time(pipeline, preset.render_size, preset.render_repeats)
     return MethodRun(curve, setup_s, phase_s, per_scene, shared, activation, render_s, str(trainer.base_dir),
-                     metrics.get("autoencoded_psnr"))  # fmt: skip
+                     metrics.get("autoencoded_psnr"), parameter_counts(model))  # fmt: skip
 
 
 def time_to_reach(curve: List[Tuple[int, float, float, float]], target: float) -> Optional[float]:
@@ -227,9 +273,11 @@ def time_to_reach(curve: List[Tuple[int, float, float, float]], target: float) -
 
 
 def summarise(preset_name: str, preset: ComparePreset, stage1_s: float, rgb: MethodRun, latent: MethodRun,
-              device: str, target_margin_db: float) -> Dict:  # fmt: skip
-    """The compare.json figures."""
-    n = preset.scenes
+              device: str, target_margin_db: float, num_scenes: Optional[int] = None,
+              ablation: Optional[MethodRun] = None, source: Optional[Dict] = None) -> Dict:  # fmt: skip
+    """The compare.json figures (``num_scenes``: N, the preset's by default; ``ablation``: the micro/macro bank in
+    RGB, a third run; ``source``: where the scenes came from)."""
+    n = num_scenes or preset.scenes
     psnr_rgb, ssim_rgb = rgb.curve[-1][2], rgb.curve[-1][3]
     psnr_latent, ssim_latent = latent.curve[-1][2], latent.curve[-1][3]
     target = psnr_rgb - target_margin_db
@@ -241,12 +289,14 @@ def summarise(preset_name: str, preset: ComparePreset, stage1_s: float, rgb: Met
     common = min(max(p for _, _, p, _ in rgb.curve), max(p for _, _, p, _ in latent.curve))
     rgb_common, latent_common = time_to_reach(rgb.curve, common), time_to_reach(latent.curve, common)
     counts = sorted({1, 10, 100, 1000, n})
-    return {
+    result = {
         "preset": preset_name,
         "device": device,
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
-        "settings": asdict(preset),
+        "settings": {**asdict(preset), "scenes": n},
+        "source": source or {"data": "generated"},
+        "baseline": "RGB Tri-Planes (3dae-rgb: 32 scene-specific channels per plane, no bases)",
         "psnr_target": target,
         "time_ratio": rgb_per_scene / latent_per_scene if rgb_per_scene and latent_per_scene else None,
         "latent_reached_target": latent_t is not None,
@@ -280,25 +330,80 @@ def summarise(preset_name: str, preset: ComparePreset, stage1_s: float, rgb: Met
         "curves": {"rgb": rgb.curve, "latent": latent.curve},
         "runs": {"rgb": rgb.run_dir, "latent": latent.run_dir},
     }
+    if rgb.parameters is not None and latent.parameters is not None:
+        memory = effective_memory(rgb.parameters, latent.parameters)
+        result["effective_memory_ratio"] = memory["ratio"]
+        result["effective_memory_ratio_with_adam"] = memory["ratio_with_adam"]
+        result["effective_memory"] = memory
+    if ablation is not None:
+        result["ablation"] = {
+            "method": "3dae-rgb with the latent method's micro/macro bank (" + ", ".join(
+                f"{k} {v}" for k, v in {**RGB_BANK_ABLATION, "num_bases": preset.num_bases}.items()) + ")",
+            "psnr": ablation.curve[-1][2],
+            "ssim": ablation.curve[-1][3],
+            "bytes_per_scene": ablation.bytes_per_scene,
+            "memory_ratio": ablation.bytes_per_scene / latent.bytes_per_scene,
+            "time_per_scene_s": (lambda t: None if t is None else t / n)(time_to_reach(ablation.curve, target)),
+            "full_schedule_time_per_scene_s": ablation.curve[-1][1] / n,
+            "render_ratio": ablation.render_s / latent.render_s,
+            "curve": ablation.curve,
+            "run": ablation.run_dir,
+        }  # fmt: skip
+    return result
+
+
+def select_scenes(data: Path, stage1_scenes: Optional[str], scenes: Optional[str]) -> Tuple[List[int], List[int]]:
+    """The stage-1 and compared scene indices of ``data``; both specs are needed and must not overlap (stage 1
+    must never see a compared scene). Errors are DatasetErrors naming the options."""
+    if not stage1_scenes or not scenes:
+        raise DatasetError(
+            f"compare --data {data}: give both --stage1-scenes and --scenes (disjoint selections, e.g. "
+            "--stage1-scenes 0:4 --scenes 4:10)"
+        )
+    names = read_scene_names(data)
+    first = parse_scene_selection(stage1_scenes, len(names), "--stage1-scenes")
+    second = parse_scene_selection(scenes, len(names), "--scenes")
+    shared = sorted(set(first) & set(second))
+    if shared:
+        shown = ", ".join(f"{i} ({names[i]!r})" for i in shared[:5]) + (", ..." if len(shared) > 5 else "")
+        raise DatasetError(
+            f"compare --data {data}: --stage1-scenes {stage1_scenes!r} and --scenes {scenes!r} overlap in "
+            f"{len(shared)} scene(s): {shown}. The compared scenes must be new to the stage-1 autoencoder"
+        )
+    return first, second
 
 
 def run_compare(preset_name: str, output: Path, autoencoder: str = "embedded", target_margin_db: float = 0.5,
-                seed: int = 0, log: Callable[[str], None] = print) -> Dict:  # fmt: skip
-    """Generate the data, run stage 1, the RGB and the latent method, and return the figures."""
+                seed: int = 0, log: Callable[[str], None] = print, data: Optional[Path] = None,
+                stage1_scenes: Optional[str] = None, scenes: Optional[str] = None, downscale_factor: int = 1,
+                ablation: bool = False) -> Dict:  # fmt: skip
+    """Get the data (``data`` with two disjoint selections, or generated scenes), run stage 1, the RGB and the
+    latent method (and, with ``ablation``, the micro/macro bank in RGB), and return the figures."""
     preset = PRESETS[preset_name]
 
     def on_eval(method: str, step: int, seconds: float, psnr: float) -> None:
         log(f"  {method:<16} step {step:>6}  {seconds:8.1f} s on the clock  test PSNR {psnr:6.2f} dB")
-    workers = min(os.cpu_count() or 1, 8) if preset.scenes >= 100 else 1
-    data1 = generate_dataset(output / "data" / "stage1", preset.stage1_scenes, preset.views_per_scene,
-                             preset.image_size, seed=seed + 1000, test_views=preset.test_views, workers=workers,
-                             progress=False, overwrite=True)  # fmt: skip
-    data = generate_dataset(output / "data" / "scenes", preset.scenes, preset.views_per_scene, preset.image_size,
-                            seed=seed, test_views=preset.test_views, workers=workers, progress=False,
-                            overwrite=True)  # fmt: skip
+
+    if data is not None:
+        first, second = select_scenes(Path(data), stage1_scenes, scenes)
+        data1 = Selection(Path(data), stage1_scenes, downscale_factor)  # type: ignore[arg-type]
+        compared = Selection(Path(data), scenes, downscale_factor)  # type: ignore[arg-type]
+        n1, n = len(first), len(second)
+        source = {"data": str(data), "stage1_scenes": stage1_scenes, "scenes": scenes,
+                  "downscale_factor": downscale_factor}  # fmt: skip
+    else:
+        if stage1_scenes or scenes:
+            raise DatasetError("--stage1-scenes and --scenes select scenes of --data; without --data the scenes are generated")
+        workers = min(os.cpu_count() or 1, 8) if preset.scenes >= 100 else 1
+        common = dict(test_views=preset.test_views, workers=workers, progress=False, overwrite=True)
+        data1 = Selection(generate_dataset(output / "data" / "stage1", preset.stage1_scenes, preset.views_per_scene,
+                                           preset.image_size, seed=seed + 1000, **common), ":", downscale_factor)  # fmt: skip
+        compared = Selection(generate_dataset(output / "data" / "scenes", preset.scenes, preset.views_per_scene,
+                                              preset.image_size, seed=seed, **common), ":", downscale_factor)  # fmt: skip
+        n1, n, source = preset.stage1_scenes, preset.scenes, None
     runs = output / "runs"
 
-    log(f"stage 1: 3dae-autoencoder on {preset.stage1_scenes} other scenes, {preset.stage1_steps} steps")
+    log(f"stage 1: 3dae-autoencoder on {n1} other scenes, {preset.stage1_steps} steps")
     stage1 = _configure(autoencoder_method(), data1, runs, preset, preset.stage1_steps, "stage1")
     stage1.pipeline.model.autoencoder = autoencoder
     stage1.pipeline.model.warmup_steps = preset.stage1_warmup
@@ -313,14 +418,21 @@ def run_compare(preset_name: str, output: Path, autoencoder: str = "embedded", t
         raise RuntimeError(f"stage 1 did not export its autoencoder to {stage1_dir / RUN_EXPORT}")
     del trainer
 
-    log(f"3dae-rgb on {preset.scenes} scenes, {preset.rgb_steps} steps")
-    rgb = train_and_measure(_configure(rgb_method(), data, runs, preset, preset.rgb_steps, "rgb"), preset, on_eval)
+    log(f"3dae-rgb (RGB Tri-Planes) on {n} scenes, {preset.rgb_steps} steps")
+    rgb_config = _configure(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb", bases=False)
+    rgb = train_and_measure(rgb_config, preset, on_eval)
+    bank = None
+    if ablation:
+        log(f"ablation: 3dae-rgb with the micro/macro bank on the same scenes, {preset.rgb_steps} steps")
+        bank_config = _configure(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb-bank")
+        for key, value in {**RGB_BANK_ABLATION, "num_bases": preset.num_bases}.items():
+            setattr(bank_config.pipeline.model, key, value)
+        bank = train_and_measure(bank_config, preset, on_eval)
     log(f"3dae-latent on the same scenes, {preset.latent_steps} steps (decoder fine-tune from {preset.finetune_start})")
-    config = _configure(latent_method(), data, runs, preset, preset.latent_steps, "latent")
+    config = _configure(latent_method(), compared, runs, preset, preset.latent_steps, "latent")
     config.pipeline.model.autoencoder = str(stage1_dir)
     config.pipeline.model.bases = stage1_dir
     config.pipeline.model.finetune_start = preset.finetune_start
     latent = train_and_measure(config, preset, on_eval)
     device = describe_device(resolve_device("auto"))
-    return summarise(preset_name, preset, stage1_s, rgb, latent, device, target_margin_db)
-
+    return summarise(preset_name, preset, stage1_s, rgb, latent, device, target_margin_db, n, bank, source)

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 TARGETS = {"time_ratio": 10.0, "memory_ratio": 3.2, "render_ratio": 5.0}
 """The goals the comparison reports against (issue: ≥ 10× time, ≥ 3.2× memory, ≥ 5× rendering)."""
 
-PLOTS = ("psnr_vs_time.png", "effective_cost.png")
+PLOTS = ("psnr_vs_time.png", "effective_cost.png", "effective_memory.png")
 
 
 def _num(value: Optional[float], fmt: str = "{:.2f}", missing: str = "not reached") -> str:
@@ -31,7 +31,7 @@ def markdown_table(result: Dict) -> str:
         f"**ns-3dae-bench compare**, preset `{result['preset']}` on {result['device']} "
         f"({result['settings']['scenes']} scenes, {result['settings']['image_size']}² images, "
         f"R = {result['settings']['triplane_resolution']}); PSNR target {result['psnr_target']:.2f} dB "
-        "(RGB final − 0.5 dB)",
+        "(RGB final − 0.5 dB); baseline: RGB Tri-Planes (32 scene-specific channels per plane, no bases)",
         "",
         "| ratio (RGB ÷ latent) | measured | goal | met |",
         "|---|---|---|---|",
@@ -41,6 +41,9 @@ def markdown_table(result: Dict) -> str:
         f"{_num(result['time_ratio_at_common_psnr'])} | – | – |",
         f"| memory per scene (parameters + optimiser state) | {result['memory_ratio']:.2f} | "
         f"≥ {TARGETS['memory_ratio']:g} | {_met('memory_ratio', result['memory_ratio'])} |",
+        f"| effective memory per scene at N = 1000 (parameters + shared / N, the paper's accounting) | "
+        f"{_num(result.get('effective_memory_ratio'), missing='–')} | – | – |",
+        f"| the same with Adam state | {_num(result.get('effective_memory_ratio_with_adam'), missing='–')} | – | – |",
         f"| training activations per scene of a batch | {result['activation_memory_ratio']:.2f} | – | – |",
         f"| render one {r['size']}² view | {result['render_ratio']:.2f} | ≥ {TARGETS['render_ratio']:g} | "
         f"{_met('render_ratio', result['render_ratio'])} |",
@@ -69,6 +72,24 @@ def markdown_table(result: Dict) -> str:
     for n, row in result["effective_time_per_scene_s"].items():
         lines.append(f"| {n} | {_num(row['rgb'], '{:.1f} s')} | {_num(row['latent'], '{:.1f} s')} | "
                      f"{row['latent_full_schedule']:.1f} s |")  # fmt: skip
+    memory = result.get("effective_memory")
+    if memory is not None:
+        lines += ["", "Effective parameters per scene (own + shared / N; with Adam state in brackets):", "",
+                  "| N | 3dae-rgb | 3dae-latent | ratio |", "|---|---|---|---|"]  # fmt: skip
+        p, a = memory["params"], memory["with_adam"]
+        for i, n in enumerate(memory["counts"]):
+            lines.append(f"| {n} | {p['rgb'][i]:,.0f} ({a['rgb'][i]:,.0f}) | {p['latent'][i]:,.0f} "
+                         f"({a['latent'][i]:,.0f}) | {p['ratio'][i]:.2f} ({a['ratio'][i]:.2f}) |")  # fmt: skip
+    ablation = result.get("ablation")
+    if ablation is not None:
+        lines += ["", f"Ablation, {ablation['method']}:", "",
+                  f"| final test PSNR | {ablation['psnr']:.2f} dB |", "|---|---|",
+                  f"| final test SSIM | {ablation['ssim']:.3f} |",
+                  f"| parameters + optimiser state per scene | {kib(ablation['bytes_per_scene'])} "
+                  f"(×{ablation['memory_ratio']:.2f} the latent method's) |",
+                  f"| time per scene to {result['psnr_target']:.2f} dB | "
+                  f"{_num(ablation['time_per_scene_s'], '{:.1f} s')} |",
+                  f"| render one {r['size']}² view | ×{ablation['render_ratio']:.2f} the latent method's time |"]  # fmt: skip
     lines += ["", "Where the time goes (seconds on the clock):", "", "| method | part | seconds |", "|---|---|---|"]
     for method, parts in result["profile_s"].items():
         lines += [f"| {method} | {part} | {seconds:.1f} |" for part, seconds in parts.items()]
@@ -76,7 +97,8 @@ def markdown_table(result: Dict) -> str:
 
 
 def plot(result: Dict, folder: Path) -> List[Path]:
-    """PSNR against training time for both methods, and the effective per-scene cost against N (PNG files)."""
+    """PSNR against training time for both methods, the effective per-scene cost and the effective per-scene memory
+    against N (PNG files)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,6 +109,10 @@ def plot(result: Dict, folder: Path) -> List[Path]:
     for method, colour in (("rgb", "tab:blue"), ("latent", "tab:orange")):
         curve = result["curves"][method]
         ax.plot([c[1] for c in curve], [c[2] for c in curve], "o-", color=colour, ms=3, label=f"3dae-{method}")
+    if result.get("ablation"):
+        curve = result["ablation"]["curve"]
+        ax.plot([c[1] for c in curve], [c[2] for c in curve], "^--", color="tab:green", ms=3,
+                label="3dae-rgb, micro/macro bank (ablation)")  # fmt: skip
     ax.axhline(result["psnr_target"], color="grey", ls="--", lw=1, label="target (RGB final − 0.5 dB)")
     ax.set_xlabel("training time on the clock (s, all scenes)")
     ax.set_ylabel("test PSNR (dB, RGB)")
@@ -117,6 +143,25 @@ def plot(result: Dict, folder: Path) -> List[Path]:
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(paths[1])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    memory = result.get("effective_memory")
+    if memory is not None:
+        for key, style in (("params", "-"), ("with_adam", "--")):
+            label = "parameters" if key == "params" else "with Adam state"
+            ax.plot(memory["counts"], memory[key]["rgb"], style, color="tab:blue", label=f"3dae-rgb, {label}")
+            ax.plot(memory["counts"], memory[key]["latent"], style, color="tab:orange", label=f"3dae-latent, {label}")
+        ax.axvline(memory["reference_n"], color="grey", lw=1, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"Effective memory per scene (×{memory['ratio']:.2f} at N = {memory['reference_n']})")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("N scenes sharing the bases, MLP and autoencoder")
+    ax.set_ylabel("floats per scene (own + shared / N)")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(paths[2])
     plt.close(fig)
     return paths
 

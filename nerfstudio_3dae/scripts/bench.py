@@ -3,9 +3,10 @@
 ``ns-3dae-bench scaling --preset small --output scaling.json`` times a latent-space training step for N = 10, 100
 and 1000 scenes with row-sparse updates and with the dense reference, prints a table and writes the JSON.
 
-``ns-3dae-bench compare --preset small --output DIR`` trains the same generated scenes with 3dae-rgb and with
-3dae-latent (in the latent space of a 3dae-autoencoder run on other scenes) and writes compare.json, compare.md
-and plots to DIR (docs/benchmarks.md).
+``ns-3dae-bench compare --preset small --output DIR`` trains the same scenes with 3dae-rgb (RGB Tri-Planes, the
+paper's baseline) and with 3dae-latent (in the latent space of a 3dae-autoencoder run on other scenes) and writes
+compare.json, compare.md and plots to DIR (docs/benchmarks.md). The scenes are generated, or two disjoint
+selections of a dataset: ``--data DIR --stage1-scenes 0:4 --scenes 4:10``.
 
 A new benchmark is one class with a ``main()`` method and one entry of :data:`COMMANDS`.
 """
@@ -28,6 +29,7 @@ warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 from nerfstudio_3dae.bench.scaling import Mode, ScalingConfig, run_scaling  # noqa: E402
+from nerfstudio_3dae.data.layout import DatasetError  # noqa: E402
 
 CONSOLE = Console(width=None if sys.stdout.isatty() else 120)
 
@@ -95,13 +97,25 @@ class Scaling(ScalingConfig):
 
 @dataclass
 class Compare:
-    """3dae-rgb vs 3dae-latent on the same generated scenes: time per scene to a PSNR target, PSNR/SSIM, memory per
-    scene, render time, stage-1 cost amortised over N scenes."""
+    """3dae-rgb (RGB Tri-Planes) vs 3dae-latent on the same scenes: time per scene to a PSNR target, PSNR/SSIM,
+    memory per scene (resident, and the paper's effective accounting), render time, stage-1 cost amortised over N."""
 
-    preset: Literal["tiny", "small", "paper"] = "small"
-    """tiny: the code path in seconds (tests); small: about 15 min on a 2-core CPU; paper: the paper's sizes (GPU)."""
+    preset: Literal["tiny", "small", "medium", "paper"] = "small"
+    """Sizes and steps. tiny: the code path in seconds (tests); small: 64², about 15 min on a 2-core CPU;
+    medium: 128², R = 64, within 45 min on a 2-core CPU; paper: the paper's sizes (GPU)."""
     output: Path = Path("outputs/bench-compare")
     """Folder for compare.json, compare.md, the plots, the generated data and the runs."""
+    data: Optional[Path] = None
+    """A 3dae-scenes dataset to compare on (converter output, nerfstudio/Blender scenes); needs --stage1-scenes and
+    --scenes. Without it the preset's scenes are generated."""
+    stage1_scenes: Optional[str] = None
+    """With --data: the scenes of the stage-1 autoencoder run (a --scenes spec such as '0:4')."""
+    scenes: Optional[str] = None
+    """With --data: the compared scenes, trained by both methods; must not overlap --stage1-scenes."""
+    downscale_factor: int = 1
+    """The dataparser's downscale_factor for every run (e.g. 2: a 128² dataset at 64²)."""
+    ablation: bool = False
+    """Also train the ablation: 3dae-rgb with the latent method's micro/macro bank (a third run)."""
     autoencoder: str = "embedded"
     """Where stage 1 (3dae-autoencoder) starts from: 'embedded', 'scratch', a diffusers folder or a hub id."""
     target_margin_db: float = 0.5
@@ -119,9 +133,11 @@ class Compare:
 
         if self.threads > 0:
             torch.set_num_threads(self.threads)
-        CONSOLE.print(f"[bold]compare[/bold] preset {self.preset} -> {self.output}")
+        where = f"{self.data} (stage 1: {self.stage1_scenes}, compared: {self.scenes})" if self.data else "generated scenes"
+        CONSOLE.print(f"[bold]compare[/bold] preset {self.preset} on {where} -> {self.output}")
         result = run_compare(self.preset, self.output, self.autoencoder, self.target_margin_db, self.seed,
-                             log=CONSOLE.print)  # fmt: skip
+                             log=CONSOLE.print, data=self.data, stage1_scenes=self.stage1_scenes, scenes=self.scenes,
+                             downscale_factor=self.downscale_factor, ablation=self.ablation)  # fmt: skip
         for path in write_outputs(result, self.output):
             CONSOLE.print(f"wrote {path}")
         CONSOLE.print(markdown_table(result))
@@ -134,7 +150,11 @@ COMMANDS: Dict[str, Type] = {"scaling": Scaling, "compare": Compare}
 def entrypoint() -> None:
     """The ``ns-3dae-bench`` console script."""
     command = tyro.extras.subcommand_cli_from_dict(COMMANDS, description=__doc__)
-    command.main()
+    try:
+        command.main()
+    except DatasetError as err:  # bad data or selection: the message names the option or file
+        CONSOLE.print(f"[bold red]error:[/bold red] {err}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":
