@@ -23,7 +23,7 @@ from nerfstudio_3dae.distributed import (
     rows_of,
 )
 from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
-from nerfstudio_3dae.scripts.synth import generate_dataset
+from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.triplanes import TriplaneBank
 
 BIN = Path(sys.executable).parent

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER
 from nerfstudio_3dae.method_configs import latent_method
-from nerfstudio_3dae.scripts.synth import generate_dataset
+from nerfstudio_3dae.data.synth.generate import generate_dataset
 
 STEPS = 360
 FINETUNE_FROM = 300

@@ -14,7 +14,7 @@ import torch
 from nerfstudio_3dae.autoencoder import load_autoencoder
 from nerfstudio_3dae.autoencoder_source import BASES_FILE, RUN_EXPORT
 from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
-from nerfstudio_3dae.scripts.synth import generate_dataset
+from nerfstudio_3dae.data.synth.generate import generate_dataset
 
 BIN = Path(sys.executable).parent
 TINY = [

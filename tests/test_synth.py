@@ -16,7 +16,7 @@ from PIL import Image
 
 from nerfstudio_3dae.data.layout import Intrinsics, project_points, read_scene, read_scene_names
 from nerfstudio_3dae.data.synth import CATEGORIES, build_object, look_at, pixel_rays, render_views, square_intrinsics
-from nerfstudio_3dae.scripts.synth import build_scene, generate_dataset, render_scene
+from nerfstudio_3dae.data.synth.generate import build_scene, generate_dataset, render_scene
 
 SCENES, VIEWS, RES, TEST = 3, 6, 32, 2
 BIN = Path(sys.executable).parent
@@ -107,7 +107,7 @@ def test_projection_matches_nerfstudio_cameras(category: str, tmp_path: Path):
         image = np.asarray(Image.open(view.image))
         assert np.array_equal(image, render.images[v])
         assert render.hit[v].any() and (~render.hit[v]).any()
-        assert np.all(image[~render.hit[v]] == 255), "missed rays must be background white"
+        assert np.all(image[render.coverage[v] == 0] == 255), "pixels no sample hit must be background white"
         intr = view.intrinsics
         cams = Cameras(
             camera_to_worlds=torch.tensor(view.camera_to_world[:3, :4], dtype=torch.float32)[None],
@@ -186,3 +186,52 @@ def test_views_are_a_prefix_stable_sequence():
     few, many = build_scene(2, "car", 1, 3, 16), build_scene(2, "car", 1, 7, 16)
     assert np.array_equal(few.rig.camera_to_world, many.rig.camera_to_world[:3])
     assert few.obj.params == many.obj.params
+
+
+def test_cars_are_textured_and_antialiased():
+    """Liveries, glass, rims and lights: a car's pixels are far from a handful of flat colours, its edges blend."""
+    from nerfstudio_3dae.data.synth.raycast import render_views as render
+
+    kinds = set()
+    for i in range(6):
+        scene = build_scene(11, "car", i, 3, 64)
+        kinds |= {m.kind for m in scene.obj.materials}
+        textured = render(scene.obj.mesh, scene.rig.camera_to_world, scene.intrinsics, obj=scene.obj)
+        flat = render(scene.obj.mesh, scene.rig.camera_to_world, scene.intrinsics, antialias=False)
+        on = textured.coverage == 1
+        assert len(np.unique(textured.images[on], axis=0)) > 2 * len(np.unique(flat.images[flat.hit], axis=0))
+        partial = (textured.coverage > 0) & (textured.coverage < 1)
+        assert partial.any(), "silhouette pixels must mix object and background"
+        assert np.all(textured.images[textured.coverage == 0] == 255)
+    assert {"paint", "glass", "tyre", "rim", "light", "grille"} <= kinds
+
+
+def test_liveries_vary_between_scenes():
+    liveries = [build_scene(0, "car", i, 1, 16).obj.materials[0] for i in range(40)]
+    assert all(m.kind == "paint" for m in liveries)
+    features = {k for m in liveries for k in m.params if k != "waves"}
+    assert {"gradient", "two_tone", "checkers", "stripes", "band", "number", "text"} <= features
+    assert len({tuple(m.color) for m in liveries}) == len(liveries)
+
+
+@pytest.mark.parametrize("category, kind", [("chair", "fabric"), ("table", "wood"), ("chair", "wood")])
+def test_furniture_gets_wood_and_fabric(category: str, kind: str):
+    kinds = {m.kind for i in range(12) for m in build_scene(2, category, i, 1, 16).obj.materials}
+    assert kind in kinds
+
+
+def test_race_number_glyphs():
+    from nerfstudio_3dae.data.synth.textures import DIGIT_BITMAPS, _glyph_ink
+
+    # "1" then "0": sample every cell centre of a 2-glyph row and read the bitmaps back
+    rows, cols = np.mgrid[0:5, 0:7]
+    ink = _glyph_ink(DIGIT_BITMAPS[[1, 0]], cols.ravel() + 0.5, rows.ravel() + 0.5).reshape(5, 7)
+    assert np.array_equal(ink[:, :3], DIGIT_BITMAPS[1]) and np.array_equal(ink[:, 4:], DIGIT_BITMAPS[0])
+    assert not ink[:, 3].any(), "one empty column between glyphs"
+    assert not _glyph_ink(DIGIT_BITMAPS[[8]], np.array([-0.5, 3.5, 1.5]), np.array([1.5, 1.5, 5.5])).any()
+
+
+def test_provenance_lists_materials(car_dataset: Path):
+    meta = json.loads((car_dataset / "car_0000" / "transforms.json").read_text())["synth"]["object"]
+    kinds = [m["kind"] for m in meta["materials"]]
+    assert kinds[0] == "paint" and "glass" in kinds

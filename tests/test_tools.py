@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from conftest import look_at_c2w
-from nerfstudio_3dae.scripts.synth import generate_dataset
+from nerfstudio_3dae.data.synth.generate import generate_dataset
 
 BIN = Path(sys.executable).parent
 

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nerfstudio_3dae.scripts.synth import generate_dataset
+from nerfstudio_3dae.data.synth.generate import generate_dataset
 
 CHROMIUM = os.environ.get("NS3DAE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [

@@ -1,7 +1,7 @@
 """Procedural multi-scene data: look-alike objects (cars, chairs, tables) seen from the upper view hemisphere.
 
 ``shapes`` builds coloured meshes from a random generator, ``cameras`` draws SRN-like camera rigs and intrinsics,
-``raycast`` renders them on the CPU with Embree. The ``ns-3dae-synth`` CLI (:mod:`nerfstudio_3dae.scripts.synth`)
+``raycast`` renders them on the CPU with Embree. The ``ns-3dae-synth`` CLI (:mod:`nerfstudio_3dae.scripts.synth`, over :mod:`nerfstudio_3dae.data.synth.generate`)
 writes whole datasets.
 """
 

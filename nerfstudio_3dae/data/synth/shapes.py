@@ -10,6 +10,9 @@ and stay wholly in frame in every view of :mod:`nerfstudio_3dae.data.synth.camer
 Categories: ``car`` (body, glass cabin, roof, 4 wheels with hubs, head/tail lights, grille, optional bumpers,
 mirrors, spoiler, roof box), ``chair`` (seat, solid or slatted back, 4 legs or a pedestal with a star base, optional
 armrests) and ``table`` (rectangular or round top, 4 legs or a pedestal, optional apron and shelf).
+
+Each face also names a :class:`~nerfstudio_3dae.data.synth.textures.Material` (car paint with a per-scene livery,
+tinted glass, rims, tyres, lights, wood, fabric...): the renderer evaluates those solid textures at every hit point.
 """
 
 from __future__ import annotations
@@ -17,10 +20,19 @@ from __future__ import annotations
 import colorsys
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import trimesh
+
+from nerfstudio_3dae.data.synth.textures import (
+    Material,
+    draw_livery,
+    fabric_material,
+    material_table,
+    metal_material,
+    wood_material,
+)
 
 Color = Tuple[float, float, float]
 DEFAULT_EXTENT = 0.9
@@ -37,6 +49,18 @@ class SynthObject:
     """Triangles with per-face colours (``mesh.visual.face_colors``, uint8 RGBA), inside [-1, 1]^3, +Z up."""
     params: Dict[str, object]
     """The drawn parameters (before normalisation), the category and the normalisation scale."""
+    face_material: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """[F] index into ``materials`` of every face."""
+    materials: List[Material] = field(default_factory=list)
+    """The object's materials (solid textures evaluated in build coordinates)."""
+    centre: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    """[3] build-coordinate point that normalisation moved to the origin."""
+    scale: float = 1.0
+    """Normalisation scale: ``mesh point = (build point - centre) * scale``."""
+
+    def to_build(self, points: np.ndarray) -> np.ndarray:
+        """Mesh (normalised) coordinates [N, 3] -> build coordinates [N, 3], where the textures are defined."""
+        return points / self.scale + self.centre
 
 
 @dataclass
@@ -46,18 +70,28 @@ class _Parts:
     vertices: List[np.ndarray] = field(default_factory=list)
     faces: List[np.ndarray] = field(default_factory=list)
     colors: List[np.ndarray] = field(default_factory=list)
+    face_material: List[np.ndarray] = field(default_factory=list)
+    materials: List[Material] = field(default_factory=list)
     count: int = 0
 
-    def add(self, piece: Tuple[np.ndarray, np.ndarray], color: Color) -> None:
+    def add(self, piece: Tuple[np.ndarray, np.ndarray], look: Union[Color, Material]) -> None:
+        """Add a convex piece with a material (a bare colour is a plain material)."""
+        material = look if isinstance(look, Material) else Material("plain", tuple(float(c) for c in look))
+        index = next((i for i, m in enumerate(self.materials) if m is material), None)
+        if index is None:
+            self.materials.append(material)
+            index = len(self.materials) - 1
         verts, faces = piece  # [N, 3], [F, 3]
         self.vertices.append(verts)
         self.faces.append(faces + self.count)
-        self.colors.append(np.tile(np.asarray(color, dtype=np.float64), (len(faces), 1)))
+        self.colors.append(np.tile(np.asarray(material.color, dtype=np.float64), (len(faces), 1)))
+        self.face_material.append(np.full(len(faces), index, dtype=np.int64))
         self.count += len(verts)
 
-    def build(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(vertices [N, 3], faces [F, 3], colours [F, 3] in [0, 1])``."""
-        return np.concatenate(self.vertices), np.concatenate(self.faces), np.concatenate(self.colors)
+    def build(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(vertices [N, 3], faces [F, 3], colours [F, 3] in [0, 1], face materials [F])``."""
+        return (np.concatenate(self.vertices), np.concatenate(self.faces), np.concatenate(self.colors),
+                np.concatenate(self.face_material))
 
 
 # ----------------------------------------------------------------------------------------------- convex pieces
@@ -148,6 +182,14 @@ def _pick(rng: np.random.Generator, palette: Sequence[Color]) -> Color:
     return _jitter(rng, palette[int(rng.integers(len(palette)))])
 
 
+def _frame_material(rng: np.random.Generator, color: Color, origin: Sequence[float]) -> Material:
+    """Wood grain for wood-like colours, a metal (or lacquer) finish otherwise."""
+    def distance(palette: Sequence[Color]) -> float:
+        return min(float(np.abs(np.subtract(color, c)).max()) for c in palette)
+
+    return wood_material(rng, color, origin) if distance(WOODS) <= distance(METALS) else metal_material(color)
+
+
 # --------------------------------------------------------------------------------------------------------- car
 
 
@@ -169,7 +211,7 @@ def _car(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
         "rear_slope": rng.uniform(0.2, 1.2),
         "cabin_width": rng.uniform(0.84, 0.96),
         "tumblehome": rng.uniform(0.78, 0.92),
-        "paint": _pick(rng, CAR_PAINTS),
+        "paint": _pick(rng, CAR_PAINTS) if rng.random() < 0.7 else _hsv(rng, (0.0, 1.0), (0.2, 0.95), (0.2, 0.95)),
         "glass": _jitter(rng, (0.18, 0.24, 0.30), 0.04),
         "hub": _jitter(rng, (0.70, 0.70, 0.72), 0.1),
         "bumpers": bool(rng.random() < 0.6),
@@ -179,8 +221,27 @@ def _car(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
     }
     W, c, bh, r = p["width"], p["clearance"], p["body_height"], p["wheel_radius"]
     xf, xr, z1 = L / 2, -L / 2, c + bh
-    paint, dark = p["paint"], (0.08, 0.08, 0.09)
     nose, tail = 0.5 * p["hood"] * rng.uniform(0.3, 0.6), 0.3 * rng.uniform(0.2, 0.6)
+    ww = p["wheel_width"]
+    wheel_x = (p["wheelbase"] / 2 + p["wheel_shift"], -p["wheelbase"] / 2 + p["wheel_shift"])
+    centres = [[x, side * (W / 2 + 0.02 - ww / 2), r] for x in wheel_x for side in (-1.0, 1.0)]
+    dims = {"length": L, "width": W, "clearance": c, "body_height": bh, "x_front": xf, "hood": p["hood"],
+            "door_x": 0.5 * ((xr + p["trunk"]) + (xf - p["hood"]))}
+    p["livery"] = livery = draw_livery(rng, p["paint"], dims)
+    paint = Material("paint", p["paint"], specular=0.3, shininess=60.0, reflect=0.05, params=livery)
+    dark = Material("tyre", (0.08, 0.08, 0.09), specular=0.03, params={"centres": centres,
+                                                                       "treads": int(rng.integers(18, 36))})
+    glass = Material("glass", p["glass"], specular=0.5, shininess=80.0, reflect=0.3,
+                     params={"z0": z1, "z1": z1 + p["cabin_height"]})
+    hub = Material("rim", p["hub"], specular=0.4, shininess=50.0, reflect=0.15,
+                   params={"centres": centres, "radius": 0.6 * r, "spokes": int(rng.integers(4, 11)),
+                           "spoke_cut": float(rng.uniform(-0.3, 0.5)), "dark": (0.1, 0.1, 0.11)})
+    head = Material("light", (1.0, 0.96, 0.8), emissive=True,
+                    params={"y": 0.32 * W, "half_width": 0.1 * W, "housing": (0.35, 0.35, 0.36)})
+    rear = Material("light", (0.9, 0.08, 0.06), emissive=True,
+                    params={"y": 0.34 * W, "half_width": 0.09 * W, "housing": (0.3, 0.05, 0.05)})
+    grille = Material("grille", (0.12, 0.12, 0.13), params={"frequency": float(rng.uniform(60.0, 140.0))})
+    trim = Material("plain", (0.2, 0.2, 0.21), specular=0.1)
     body = np.array(
         [[xr + 0.15, c], [xf - 0.2, c], [xf, c + 0.4 * bh], [xf - nose, z1], [xr + tail, z1], [xr, c + 0.5 * bh]]
     )
@@ -192,32 +253,31 @@ def _car(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
     ct_f = max(cb_f - p["windshield_slope"] * ch, ct_r + 0.25 * (cb_f - cb_r))
     cw = p["cabin_width"] * W / 2
     cabin = np.array([[cb_r, z1 - 0.02], [cb_f, z1 - 0.02], [ct_f, z1 + ch], [ct_r, z1 + ch]])
-    parts.add(side_profile(cabin, cw, cw * p["tumblehome"]), p["glass"])
+    parts.add(side_profile(cabin, cw, cw * p["tumblehome"]), glass)
     zr = z1 + ch
     roof = np.array([[ct_r - 0.03, zr - 0.01], [ct_f + 0.03, zr - 0.01], [ct_f, zr + 0.05], [ct_r, zr + 0.05]])
     parts.add(side_profile(roof, cw * p["tumblehome"] + 0.01, cw * p["tumblehome"]), paint)
     # Wheels with hub caps.
-    ww = p["wheel_width"]
-    for x in (p["wheelbase"] / 2 + p["wheel_shift"], -p["wheelbase"] / 2 + p["wheel_shift"]):
+    for x in wheel_x:
         for side in (-1.0, 1.0):
             y_out = side * (W / 2 + 0.02)
             parts.add(cylinder((x, y_out - side * ww, r), (x, y_out, r), r), dark)
-            parts.add(cylinder((x, y_out - side * 0.01, r), (x, y_out + side * 0.015, r), 0.6 * r), p["hub"])
+            parts.add(cylinder((x, y_out - side * 0.01, r), (x, y_out + side * 0.015, r), 0.6 * r), hub)
     # Lights, grille, optional bumpers.
     for side in (-1.0, 1.0):
-        parts.add(box((xf - 0.03, side * 0.32 * W, c + 0.3 * bh), (0.08, 0.2 * W, 0.12 * bh)), (1.0, 0.95, 0.75))
-        parts.add(box((xr + 0.03, side * 0.34 * W, c + 0.38 * bh), (0.08, 0.18 * W, 0.1 * bh)), (0.85, 0.05, 0.05))
-    parts.add(box((xf - 0.03, 0.0, c + 0.26 * bh), (0.07, 0.3 * W, 0.12 * bh)), (0.12, 0.12, 0.13))
+        parts.add(box((xf - 0.03, side * 0.32 * W, c + 0.3 * bh), (0.08, 0.2 * W, 0.12 * bh)), head)
+        parts.add(box((xr + 0.03, side * 0.34 * W, c + 0.38 * bh), (0.08, 0.18 * W, 0.1 * bh)), rear)
+    parts.add(box((xf - 0.03, 0.0, c + 0.26 * bh), (0.07, 0.3 * W, 0.12 * bh)), grille)
     if p["bumpers"]:
         for x in (xf - 0.05, xr + 0.05):
-            parts.add(box((x, 0.0, c + 0.08 * bh), (0.16, 0.98 * W, 0.12 * bh)), (0.2, 0.2, 0.21))
+            parts.add(box((x, 0.0, c + 0.08 * bh), (0.16, 0.98 * W, 0.12 * bh)), trim)
     if p["mirrors"]:
         for side in (-1.0, 1.0):
             parts.add(box((cb_f - 0.1, side * (cw + 0.07), z1 + 0.08), (0.1, 0.14, 0.08)), paint)
     if p["spoiler"]:
         xs = xr + max(tail, 0.12) + 0.05
         for side in (-1.0, 1.0):
-            parts.add(box((xs, side * 0.3 * W, z1 + 0.06), (0.05, 0.04, 0.14)), dark)
+            parts.add(box((xs, side * 0.3 * W, z1 + 0.06), (0.05, 0.04, 0.14)), trim)
         parts.add(box((xs, 0.0, z1 + 0.14), (0.22, 0.9 * W, 0.035)), paint)
     if p["roof_box"]:
         parts.add(box(((ct_r + ct_f) / 2, 0.0, z1 + ch + 0.12), (0.7 * (ct_f - ct_r), 0.55 * W, 0.14)), (0.1, 0.1, 0.1))
@@ -245,8 +305,10 @@ def _chair(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
         "cushion": _hsv(rng, (0.0, 1.0), (0.3, 0.8), (0.35, 0.9)),
     }
     sw, sd, sh, st = p["seat_width"], p["seat_depth"], p["seat_height"], p["seat_thickness"]
-    lt, frame = p["leg_thickness"], p["frame"]
-    parts.add(box((0.0, 0.0, sh - st / 2), (sd, sw, st)), p["cushion"])
+    lt = p["leg_thickness"]
+    frame = _frame_material(rng, p["frame"], (0.0, 0.0, sh / 2))
+    cushion = fabric_material(rng, p["cushion"])
+    parts.add(box((0.0, 0.0, sh - st / 2), (sd, sw, st)), cushion)
     if p["base"] == "legs":
         for sx in (-1.0, 1.0):
             for sy in (-1.0, 1.0):
@@ -283,7 +345,7 @@ def _chair(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
         for y in np.linspace(-sw / 2, sw / 2, n_slats + 2)[1:-1]:
             leaning(float(y), 0.4 * sw / (n_slats + 1), sh, sh + 0.8 * bh, frame)
     else:
-        leaning(0.0, sw, sh - 0.01, sh + bh, p["cushion"])
+        leaning(0.0, sw, sh - 0.01, sh + bh, cushion)
     if p["armrests"]:
         for sy in (-1.0, 1.0):
             y = sy * (sw / 2 - 0.02)
@@ -311,28 +373,30 @@ def _table(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
         "leg_color": _pick(rng, WOODS + METALS),
     }
     h, tt, lt = p["height"], p["top_thickness"], p["leg_thickness"]
+    top = _frame_material(rng, p["top_color"], (0.0, rng.uniform(-1.0, 1.0), h + rng.uniform(0.1, 0.5)))
+    legs = _frame_material(rng, p["leg_color"], (0.0, 0.0, h / 2))
     if p["round_top"]:
         p["top_depth"] = p["top_width"]
     tw, td = p["top_width"], p["top_depth"]
     if p["round_top"]:
-        parts.add(cylinder((0.0, 0.0, h - tt), (0.0, 0.0, h), tw / 2, 32), p["top_color"])
+        parts.add(cylinder((0.0, 0.0, h - tt), (0.0, 0.0, h), tw / 2, 32), top)
     else:
-        parts.add(box((0.0, 0.0, h - tt / 2), (tw, td, tt)), p["top_color"])
+        parts.add(box((0.0, 0.0, h - tt / 2), (tw, td, tt)), top)
     inset = 0.35 if p["round_top"] else 0.5
     lx, ly = inset * tw - lt, inset * td - lt
     if p["base"] == "legs":
         for sx in (-1.0, 1.0):
             for sy in (-1.0, 1.0):
-                parts.add(box((sx * lx, sy * ly, (h - tt) / 2), (lt, lt, h - tt)), p["leg_color"])
+                parts.add(box((sx * lx, sy * ly, (h - tt) / 2), (lt, lt, h - tt)), legs)
         if p["apron"]:
             for sign in (-1.0, 1.0):
-                parts.add(box((0.0, sign * ly, h - tt - 0.05), (2 * lx, lt / 2, 0.1)), p["leg_color"])
-                parts.add(box((sign * lx, 0.0, h - tt - 0.05), (lt / 2, 2 * ly, 0.1)), p["leg_color"])
+                parts.add(box((0.0, sign * ly, h - tt - 0.05), (2 * lx, lt / 2, 0.1)), legs)
+                parts.add(box((sign * lx, 0.0, h - tt - 0.05), (lt / 2, 2 * ly, 0.1)), legs)
         if p["shelf"]:
-            parts.add(box((0.0, 0.0, 0.2 * h), (2 * lx, 2 * ly, 0.025)), p["top_color"])
+            parts.add(box((0.0, 0.0, 0.2 * h), (2 * lx, 2 * ly, 0.025)), top)
     else:
-        parts.add(cylinder((0.0, 0.0, 0.03), (0.0, 0.0, h - tt), 1.2 * lt), p["leg_color"])
-        parts.add(cylinder((0.0, 0.0, 0.0), (0.0, 0.0, 0.03), 0.3 * min(tw, td), 24), p["leg_color"])
+        parts.add(cylinder((0.0, 0.0, 0.03), (0.0, 0.0, h - tt), 1.2 * lt), legs)
+        parts.add(cylinder((0.0, 0.0, 0.0), (0.0, 0.0, 0.03), 0.3 * min(tw, td), 24), legs)
     return p
 
 
@@ -360,14 +424,18 @@ def build_object(
         raise ValueError(f"object extent {extent} must lie in (0, 2) to fit inside [-1, 1]^3")
     parts = _Parts()
     params = BUILDERS[category](rng, parts)
-    verts, faces, colors = parts.build()  # [N, 3], [F, 3], [F, 3]
+    verts, faces, colors, face_material = parts.build()  # [N, 3], [F, 3], [F, 3], [F]
     lo, hi = verts.min(0), verts.max(0)
-    verts = verts - (lo + hi) / 2
+    centre = (lo + hi) / 2
+    verts = verts - centre
     scale = min(extent / float((hi - lo).max()), max_radius / float(np.linalg.norm(verts, axis=1).max()))
     verts = verts * scale
     assert np.all(np.abs(verts) <= 1.0), "a generated object left [-1, 1]^3"
     rgba = np.concatenate([np.round(colors * 255), np.full((len(faces), 1), 255.0)], 1).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, face_colors=rgba, process=False)
     # Builders draw plain Python numbers; the JSON round trip turns tuples into lists and proves it serialises.
-    params = {"category": category, **json.loads(json.dumps(params)), "normalisation_scale": scale}
-    return SynthObject(mesh=mesh, params=params)
+    params = {k: v for k, v in params.items() if k != "livery"}
+    params = {"category": category, **json.loads(json.dumps(params)), "normalisation_scale": scale,
+              "materials": material_table(parts.materials)}
+    return SynthObject(mesh=mesh, params=params, face_material=face_material, materials=parts.materials,
+                       centre=centre, scale=float(scale))
