@@ -33,6 +33,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(tmp_path):
         atomic_torch_save({"step": 20, "w": torch.zeros(1000), "bad": ExplodesWhilePickled()}, target)
     assert torch.load(target)["step"] == 10
     assert sorted(p.name for p in folder.iterdir()) == ["step-000000010.ckpt"], "no partial file where --load-dir looks"
+    assert not list(tmp_path.glob(".*.partial")), "nor the temporary file beside the checkpoint folder"
 
 
 def test_sigkill_then_resume_finishes_the_run(tmp_path):

@@ -1,0 +1,89 @@
+"""ThreeDAETrainer: the all-test-views evaluation at the end of a run, and the CPU thread count it measures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nerfstudio_3dae.method_configs import rgb_method
+from nerfstudio_3dae.trainer import ThreadProbe, evaluates_all_images_at_end
+
+
+def tiny_trainer(data, out, steps: int, eval_all_every: int):
+    config = rgb_method()
+    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.dataparser.test_every = 4
+    config.pipeline.datamanager.scenes_per_step = 2
+    model = config.pipeline.model
+    model.resolution, model.num_bases, model.micro_channels, model.macro_channels = 8, 2, 4, 4
+    model.num_coarse_samples = model.num_fine_samples = 8
+    config.output_dir = out
+    config.vis = "tensorboard"  # nerfstudio evaluates only with a metrics writer
+    config.logging.local_writer.enable = False
+    config.max_num_iterations = steps
+    config.steps_per_eval_all_images = eval_all_every
+    config.steps_per_eval_image = config.steps_per_save = 10**6
+    config.set_timestamp()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def test_the_final_evaluation_rule():
+    assert evaluates_all_images_at_end(step=2999, total_steps=3000, interval=3000)  # the methods' "at the end"
+    assert evaluates_all_images_at_end(step=2999, total_steps=3000, interval=1000)
+    assert not evaluates_all_images_at_end(step=2998, total_steps=3000, interval=3000)
+    assert not evaluates_all_images_at_end(step=11, total_steps=12, interval=1000)  # tests: never
+    assert not evaluates_all_images_at_end(step=11, total_steps=12, interval=0)  # disabled
+    assert not evaluates_all_images_at_end(step=12, total_steps=13, interval=1), "nerfstudio's own check fires"
+    assert evaluates_all_images_at_end(step=0, total_steps=1, interval=1), "nerfstudio skips step 0"
+
+
+@pytest.mark.parametrize("interval, expected", [(4, [3]), (2, [2, 3]), (3, [3]), (1000, [])])
+def test_a_run_evaluates_every_test_view_at_its_end(tiny_dataset, tmp_path, one_thread, interval, expected):
+    trainer = tiny_trainer(tiny_dataset(num_scenes=2), tmp_path, steps=4, eval_all_every=interval)
+    evaluated = []
+    average = trainer.pipeline.get_average_eval_image_metrics
+
+    def recording(step=None, **kwargs):
+        evaluated.append(step)
+        return average(step=step, **kwargs)
+
+    trainer.pipeline.get_average_eval_image_metrics = recording
+    trainer.train()
+    assert evaluated == expected
+
+
+def test_thread_probe_keeps_the_faster_count():
+    probe = ThreadProbe((1, 2), rounds=3, warmup=1)
+    assert probe.next_threads() is None  # warm-up: not timed
+    probe.record(100.0)
+    times = {1: [0.01, 0.5, 0.01], 2: [0.3, 0.3, 0.002]}  # one outlier each: the median decides
+    for r in range(3):
+        for threads in (1, 2):
+            assert probe.next_threads() == threads, "the candidates alternate"
+            probe.record(times[threads][r])
+    assert probe.done and probe.best() == 1
+    tie = ThreadProbe((1, 2), rounds=1, warmup=0)
+    tie.record(0.1)
+    tie.record(0.1)
+    assert tie.best() == 1, "fewer threads on a tie"
+    with pytest.raises(ValueError):
+        ThreadProbe((0, 2))
+
+
+def test_cpu_training_measures_its_thread_count(tiny_dataset, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        trainer = tiny_trainer(tiny_dataset(num_scenes=2), tmp_path, steps=9, eval_all_every=0)
+        trainer.train()
+        assert "CPU training on" in capsys.readouterr().out
+        assert torch.get_num_threads() in (1, 2)
+        trainer = tiny_trainer(tiny_dataset(num_scenes=2, name="again"), tmp_path / "fixed", steps=2,
+                               eval_all_every=0)  # fmt: skip
+        trainer.config.cpu_threads = 1
+        trainer.train()
+        assert torch.get_num_threads() == 1 and "CPU training on" not in capsys.readouterr().out
+    finally:
+        torch.set_num_threads(threads)
