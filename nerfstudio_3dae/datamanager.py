@@ -49,7 +49,7 @@ class MultiSceneDatamanagerConfig(FullImageDatamanagerConfig):
     cache_images: Literal["cpu", "gpu"] = "cpu"
     """Where the uint8 images live."""
     seed: int = 0
-    """Seed of the scene/view sampler."""
+    """Seed of the scene/view sampler (the test views drawn for single-image evaluation have their own generator)."""
 
 
 class MultiSceneDatamanager(FullImageDatamanager):
@@ -66,6 +66,9 @@ class MultiSceneDatamanager(FullImageDatamanager):
         self.owned_scenes: List[int] = owned_scenes(self.num_scenes, *scene_shard())
         """The scenes this process trains (all of them in a single process)."""
         self._rng = random.Random(config.seed)
+        """Draws the training batches (scene order, views) only."""
+        self._eval_rng = random.Random(f"{config.seed}/eval")
+        """Draws the single test views: how often a run evaluates never changes its training batches."""
         self._scene_queue: List[int] = []
         self.train_latents: Optional[Tensor] = None  # [n, c, h, w]
         self.eval_latents: Optional[Tensor] = None  # [m, c, h, w]
@@ -158,11 +161,12 @@ class MultiSceneDatamanager(FullImageDatamanager):
 
     def next_eval_image(self, step: int) -> Tuple[Cameras, Dict]:
         """One random test view; its batch holds single images ([H, W, 3], [c, h, w])."""
-        return self.fixed_indices_eval_dataloader[self._rng.randrange(len(self.eval_dataset))]
+        return self.fixed_indices_eval_dataloader[self._eval_rng.randrange(len(self.eval_dataset))]
 
     @property
     def fixed_indices_eval_dataloader(self) -> "_EvalViews":
-        """Every test view, one at a time (ns-eval), built lazily so thousands of views cost no memory."""
+        """Every test view, one at a time (ns-eval). Each item is sliced from the split's decoded uint8 images (held
+        in memory once) and made float only when it is read, so no float copy of the test set is ever kept."""
         return _EvalViews(self)
 
     def get_train_rays_per_batch(self) -> int:

@@ -76,3 +76,17 @@ def test_rgba_is_composited_on_white_and_bad_pixels_are_named(tmp_path):
     (tmp_path / "cut.png").write_bytes(good[: len(good) // 2])
     with pytest.raises(DatasetError, match=r"cut\.png cannot be decoded"):
         decode_image(tmp_path / "cut.png")
+
+
+def test_evaluating_does_not_change_the_training_batches(tiny_dataset):
+    root = tiny_dataset(num_scenes=3, views=8)
+    quiet, busy = manager(root, scenes_per_step=2), manager(root, scenes_per_step=2)
+    for step in range(6):
+        if step % 2:
+            busy.next_eval_image(step)  # a run that evaluates one test view every other step
+            busy.next_eval(step)
+        _, expected = quiet.next_train(step)
+        _, got = busy.next_train(step)
+        assert torch.equal(got["image_idx"], expected["image_idx"]), f"step {step}: other training views"
+    views = [int(busy.next_eval_image(s)[1]["image_idx"]) for s in range(20)]
+    assert set(views) == set(range(len(busy.eval_dataset))), "single test views are still drawn from all of them"
