@@ -22,27 +22,19 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineC
 from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from nerfstudio_3dae.accounting import memory_report
 from nerfstudio_3dae.autoencoder import encode_in_batches
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
+from nerfstudio_3dae.data.dataparser import SCENE_ID
 from nerfstudio_3dae.datamanager import MultiSceneDatamanager
 from nerfstudio_3dae.distributed import broadcast_from_main, gather_scene_rows, own_rows, scene_shard
 from nerfstudio_3dae.latent_model import LatentTriplaneModel
 from nerfstudio_3dae.metrics import aggregate, lpips_unavailable_reason
 from nerfstudio_3dae.model import SCENE_TABLES
+from nerfstudio_3dae.viewer_start import StartAtTrainingCamera
 
 MODEL_PREFIX = "_model."
 """Prefix of the model's entries in the pipeline's state dict."""
-
-
-def memory_report(model) -> "tuple[int, int]":
-    """Bytes per scene of the per-scene tables with their Adam moments (and row step counts), and bytes of all other
-    trainable parameters with their Adam moments (in this process: its scenes and a replica of the shared parts)."""
-    bank = model.field.bank
-    scene_tensors = [bank.micro, bank.weights, bank.bias]
-    per_scene = sum(3 * t.numel() * t.element_size() + 8 * t.shape[0] for t in scene_tensors) // max(bank.micro.shape[0], 1)
-    scene_ids = {id(t) for t in scene_tensors}
-    shared = sum(3 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and id(p) not in scene_ids)
-    return per_scene, shared
 
 
 @dataclass
@@ -74,8 +66,16 @@ class ThreeDAEPipeline(VanillaPipeline):
             + (f" ({len(self.model.owned_scenes)} on rank {rank} of {world})" if world > 1 else "")
             + f": {per_scene / 1024:.1f} KiB per scene (parameters + Adam state), {shared / 2**20:.1f} MiB shared"
         )
+        self.viewer_start = StartAtTrainingCamera(self.start_camera)
+        """The viewer opens at a training camera of the shown scene (its default pose is inside the object box)."""
         if test_mode != "inference" and self._is_latent and self.model.uses_cached_latents:
             self.refresh_latents()
+
+    def start_camera(self) -> torch.Tensor:
+        """``[3, 4]`` camera-to-world of the first training view of ``model.scene`` (of any view if it has none)."""
+        cameras = self.datamanager.train_dataset.cameras
+        of_scene = (cameras.metadata[SCENE_ID].reshape(-1) == self.model.scene).nonzero().reshape(-1)
+        return cameras.camera_to_worlds[int(of_scene[0]) if len(of_scene) else 0]
 
     def _scene_tables(self) -> Dict[str, torch.Tensor]:
         """The per-scene parameters by their key in the pipeline's state dict."""
@@ -119,6 +119,21 @@ class ThreeDAEPipeline(VanillaPipeline):
 
         self.datamanager.attach_latents(identity, encode)
         self._latents_of = identity
+        self._check_latent_range()
+
+    def _check_latent_range(self) -> None:
+        """Warn when cached latents lie outside the range the field can render (unbounded normalisers)."""
+        lo, hi = self.model.output_range
+        for split, latents in (("training", self.datamanager.train_latents), ("test", self.datamanager.eval_latents)):
+            if latents is None or latents.numel() == 0:
+                continue
+            outside = float(((latents < lo) | (latents > hi)).float().mean())
+            if outside > 0:
+                CONSOLE.print(
+                    f"[yellow]{outside:.2%} of the {split} latents lie outside ({lo:.4g}, {hi:.4g}), the range the "
+                    f"field renders with the {self.model.autoencoder.normaliser.kind!r} normaliser: raise "
+                    "--pipeline.model.raw-latent-bound (or use the tanh normaliser)"
+                )
 
     def export_autoencoder(self, run_dir: Path) -> Path:
         """Write the (3D-aware) autoencoder and the shared bases under ``run_dir/autoencoder``."""

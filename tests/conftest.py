@@ -68,6 +68,22 @@ def write_tiny_scene(
     return write_scene(scene_dir, intr, frames)
 
 
+TINY_MODEL = {"resolution": 8, "num_bases": 2, "micro_channels": 4, "macro_channels": 4, "hidden_dim": 16,
+              "num_coarse_samples": 8, "num_fine_samples": 8}  # fmt: skip
+"""Model sizes for in-process pipelines that build and render in well under a second."""
+
+
+def tiny_pipeline(config, data: Path, **model):
+    """The pipeline of a method config (``rgb_method()``, ...) on a ``tiny_dataset``, built in this process on the
+    CPU with :data:`TINY_MODEL` sizes; ``model`` overrides model config fields."""
+    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.dataparser.test_every = 4  # the tiny datasets' 4 views: 3 train, 1 test per scene
+    config.pipeline.datamanager.scenes_per_step = 2
+    for key, value in {**TINY_MODEL, **model}.items():
+        setattr(config.pipeline.model, key, value)
+    return config.pipeline.setup(device="cpu", test_mode="val")
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path):
     """A factory: ``tiny_dataset(num_scenes=3, views=4, size=16)`` writes a dataset and returns its root."""
