@@ -47,19 +47,32 @@ def resolve_autoencoder(
     return load_autoencoder(path if path.exists() else source, kind, normaliser)  # type: ignore[arg-type]
 
 
-def load_bases(source: Path, shape: Tuple[int, ...]) -> torch.Tensor:
-    """Shared bases saved by a 3dae-autoencoder run: ``source`` is the run, its autoencoder/ folder or the file."""
+def bases_beside_autoencoder(source: str) -> Optional[Path]:
+    """The ``bases.pt`` that comes with an autoencoder named by a 3dae-autoencoder run folder or by its
+    ``autoencoder/`` export (None for anything else: embedded, scratch, diffusers folders, hub ids)."""
+    if source in ("embedded", "scratch"):
+        return None
+    path = Path(source).expanduser()
+    for candidate in (path / RUN_EXPORT / BASES_FILE, path / BASES_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_bases(source: Path, shape: Tuple[int, ...], option: str = "--pipeline.model.bases") -> torch.Tensor:
+    """Shared bases saved by a 3dae-autoencoder run: ``source`` is the run, its autoencoder/ folder or the file.
+    Errors name ``option``, the setting that pointed here."""
     path = Path(source)
     for candidate in (path, path / BASES_FILE, path / RUN_EXPORT / BASES_FILE):
         if candidate.is_file():
             bases = torch.load(candidate, map_location="cpu", weights_only=True)
             if tuple(bases.shape) != tuple(shape):
                 raise ValueError(
-                    f"--pipeline.model.bases {candidate}: bases of shape {tuple(bases.shape)}, but this model needs "
+                    f"{option} {candidate}: bases of shape {tuple(bases.shape)}, but this model needs "
                     f"{tuple(shape)} (num_bases, 3, macro_channels, resolution, resolution must match the stage-1 run)"
                 )
             return bases
-    raise FileNotFoundError(f"--pipeline.model.bases {source}: no {BASES_FILE} there (nor in {RUN_EXPORT}/)")
+    raise FileNotFoundError(f"{option} {source}: no {BASES_FILE} there (nor in {RUN_EXPORT}/)")
 
 
 def export_stage1(folder: Path, autoencoder: LatentAutoencoder, bases: torch.Tensor) -> Path:

@@ -23,14 +23,21 @@ from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
 
 @dataclass
 class RenderSettings:
-    """How rays are sampled; mirrors the model config fields of the same names."""
+    """How rays are sampled, built by the model from its config (``near``, ``far``, ``num_coarse_samples``,
+    ``num_fine_samples``, ``backend``) and its scene box (``scene_bound``)."""
 
     near: float = 0.5
+    """Near plane of every ray."""
     far: float = 2.1
+    """Far plane of every ray."""
     num_coarse: int = 48
+    """Stratified samples per ray (the model's ``num_coarse_samples``)."""
     num_fine: int = 48
+    """Importance samples per ray (the model's ``num_fine_samples``)."""
     scene_bound: float = 1.0
+    """Points outside ``[-scene_bound, scene_bound]^3`` get density 0 (the largest |coordinate| of the scene box)."""
     backend: Literal["auto", "torch", "nerfacc"] = "auto"
+    """Sampling/compositing backend: nerfacc on CUDA ('auto'), or pure torch."""
 
 
 def camera_rays(

@@ -12,6 +12,7 @@ Phases (switched by the training step, see :func:`phase_at`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Type
@@ -23,11 +24,13 @@ from torch.nn import Parameter
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, is_encoder_tensor
-from nerfstudio_3dae.autoencoder_source import load_bases, resolve_autoencoder
+from nerfstudio_3dae.autoencoder_source import bases_beside_autoencoder, load_bases, resolve_autoencoder
+from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
 from nerfstudio_3dae.metrics import image_metrics, rgb_metrics
-from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig, _hwc, _nchw
+from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig
 
 Phase = Literal["ae_pretrain", "warmup", "joint", "latent", "finetune"]
 
@@ -39,6 +42,17 @@ def phase_at(step: int, stage: str, ae_pretrain_steps: int, warmup_steps: int, f
             return "ae_pretrain"
         return "warmup" if step < ae_pretrain_steps + warmup_steps else "joint"
     return "latent" if finetune_start < 0 or step < finetune_start else "finetune"
+
+
+def latent_range(normaliser: NormaliserConfig, raw_bound: float) -> Tuple[float, float]:
+    """``(lo, hi)`` of the normalised latents a field renders: ``(-1, 1)`` for ``tanh``; for the unbounded
+    ``linear`` and ``none`` normalisers, ``±normalise(raw_bound)``. Latent PSNR uses ``hi - lo`` as its data range."""
+    if not (math.isfinite(raw_bound) and raw_bound > 0):
+        raise ValueError(f"--pipeline.model.raw-latent-bound must be finite and > 0, got {raw_bound}")
+    if normaliser.kind == "tanh":
+        return (-1.0, 1.0)
+    hi = float(normaliser.normalise(torch.tensor(float(raw_bound))))
+    return (-hi, hi)
 
 
 @dataclass
@@ -60,10 +74,18 @@ class LatentTriplaneModelConfig(TriplaneModelConfig):
     (else tanh)."""
     normaliser_scale: float = 0.02
     """Scale of the normaliser when it is not 'auto' (paper: tanh(0.02 z))."""
+    raw_latent_bound: float = 40.0
+    """Largest |raw latent| the field can render with the unbounded 'linear' and 'none' normalisers (rendered range:
+    ±normalise(bound); tanh always gives (-1, 1)). 40 is ~7 standard deviations of SD 1.5's raw latents (its scaling
+    factor 0.18215 is 1/std); a warning says when cached latents fall outside."""
     scratch_width: int = 32
     """Base width of the 'scratch' autoencoder."""
     bases: Optional[Path] = None
-    """Initialise the shared bases from a 3dae-autoencoder run (folder or its autoencoder/bases.pt)."""
+    """Initialise the shared bases from a 3dae-autoencoder run (folder or its autoencoder/bases.pt). Unset: from the
+    autoencoder's run when `autoencoder` names one (see `bases_from_autoencoder`), else random."""
+    bases_from_autoencoder: bool = True
+    """When `bases` is unset and `autoencoder` is a 3dae-autoencoder run (or its autoencoder/ export), start the
+    shared bases from that run's bases.pt (said in the log). False: random bases."""
     latent_weight: float = 1.0
     """Weight of ‖render − E(x)‖² (latent space)."""
     rgb_weight: float = 1.0
@@ -93,9 +115,7 @@ class LatentTriplaneModel(TriplaneModel):
             c.autoencoder, c.autoencoder_kind, normaliser, c.scratch_width
         )
         super().populate_modules()
-        if c.bases is not None:
-            with torch.no_grad():
-                self.field.bank.bases.copy_(load_bases(c.bases, tuple(self.field.bank.bases.shape)))
+        self._init_bases()
         # the fixed background: the latent of a white image (followed while stage 1 changes the encoder)
         self.register_buffer("background_latent", self._white_latent())
         self.step = 0
@@ -103,6 +123,20 @@ class LatentTriplaneModel(TriplaneModel):
         # scale the rates twice (0: none, 1: joint, 2: finetune).
         self.register_buffer("lr_phase", torch.zeros((), dtype=torch.long))
         self._set_trainable(self.phase)
+
+    def _init_bases(self) -> None:
+        """Shared bases from ``bases``, else from the autoencoder's stage-1 run, else the random initialisation."""
+        c, shape = self.config, tuple(self.field.bank.bases.shape)
+        if c.bases is not None:
+            source, given_by = Path(c.bases), "--pipeline.model.bases"
+        elif c.bases_from_autoencoder and (beside := bases_beside_autoencoder(str(c.autoencoder))) is not None:
+            source = beside
+            given_by = "--pipeline.model.autoencoder, a stage-1 run (--pipeline.model.bases-from-autoencoder False: random)"
+        else:
+            return
+        with torch.no_grad():
+            self.field.bank.bases.copy_(load_bases(source, shape, option=given_by))
+        CONSOLE.log(f"shared bases from {source}, given by {given_by}")
 
     # -------------------------------------------------------------------------------- space
 
@@ -112,7 +146,13 @@ class LatentTriplaneModel(TriplaneModel):
 
     @property
     def output_range(self) -> Tuple[float, float]:
-        return (-1.0, 1.0) if self.autoencoder.normaliser.kind == "tanh" else (-4.0, 4.0)
+        return latent_range(self.autoencoder.normaliser, self.config.raw_latent_bound)
+
+    @property
+    def latent_data_range(self) -> float:
+        """Data range of latent PSNR/SSIM: the width of :attr:`output_range`."""
+        lo, hi = self.output_range
+        return hi - lo
 
     @property
     def downscale(self) -> int:
@@ -133,6 +173,12 @@ class LatentTriplaneModel(TriplaneModel):
     def phase(self) -> Phase:
         c = self.config
         return phase_at(self.step, c.stage, c.ae_pretrain_steps, c.warmup_steps, c.finetune_start)
+
+    @property
+    def active_phase(self) -> Phase:
+        """What a forward pass computes now: the training phase in training mode; in eval mode ``"joint"`` (render
+        and decode). ``get_outputs`` and ``get_loss_dict`` both read it, so they always agree."""
+        return self.phase if self.training else "joint"
 
     @property
     def uses_cached_latents(self) -> bool:
@@ -177,8 +223,8 @@ class LatentTriplaneModel(TriplaneModel):
     # -------------------------------------------------------------------------------- training
 
     def get_outputs(self, cameras) -> Dict[str, Tensor]:
-        phase = self.phase if self.training else "joint"
-        out: Dict[str, Tensor] = {"phase": phase}  # type: ignore[dict-item]
+        phase = self.active_phase
+        out: Dict[str, Tensor] = {}
         if phase != "ae_pretrain":
             rendered = self.render(cameras)
             out.update(latent=rendered["features"], depth=rendered["depth"],
@@ -192,11 +238,11 @@ class LatentTriplaneModel(TriplaneModel):
             return batch["latent"].to(self.device)
         if phase in ("warmup", "latent"):
             raise RuntimeError(f"phase {phase!r} needs cached latents; the pipeline attaches them to the datamanager")
-        return self.autoencoder.encode(_nchw(batch["image"]).to(self.device))
+        return self.autoencoder.encode(hwc_to_nchw(batch["image"]).to(self.device))
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
-        c, phase = self.config, outputs["phase"]
-        image = _nchw(batch["image"]).to(self.device)
+        c, phase = self.config, self.active_phase
+        image = hwc_to_nchw(batch["image"]).to(self.device)
         losses: Dict[str, Tensor] = {}
         if phase in ("ae_pretrain", "joint"):
             losses["ae_loss"] = c.ae_weight * F.mse_loss(self.autoencoder(image), image)
@@ -212,9 +258,11 @@ class LatentTriplaneModel(TriplaneModel):
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         metrics: Dict[str, Tensor] = {}
         if "latent" in outputs and "latent" in batch:
-            metrics["latent_psnr"] = peak_signal_noise_ratio(outputs["latent"].detach(), batch["latent"].to(self.device), data_range=2.0)
+            metrics["latent_psnr"] = peak_signal_noise_ratio(
+                outputs["latent"].detach(), batch["latent"].to(self.device), data_range=self.latent_data_range
+            )
         if "rgb" in outputs:
-            metrics["psnr"] = peak_signal_noise_ratio(outputs["rgb"].detach().clamp(0, 1), _nchw(batch["image"]).to(self.device), data_range=1.0)
+            metrics["psnr"] = peak_signal_noise_ratio(outputs["rgb"].detach().clamp(0, 1), hwc_to_nchw(batch["image"]).to(self.device), data_range=1.0)
         return metrics
 
     # -------------------------------------------------------------------------------- eval / viewer
@@ -222,10 +270,10 @@ class LatentTriplaneModel(TriplaneModel):
     def images_for_camera(self, out: Dict[str, Tensor], height: int, width: int) -> Dict[str, Tensor]:
         rgb = self.autoencoder.decode(out["features"], clamp=True)  # [1, 3, h*f, w*f]
         return {
-            "rgb": _hwc(rgb, height, width),
-            "latent": _hwc(out["features"], height, width, mode="nearest"),  # a latent pixel covers f x f pixels
-            "depth": _hwc(out["depth"], height, width),
-            "accumulation": _hwc(out["accumulation"], height, width),
+            "rgb": first_to_hwc(rgb, height, width),
+            "latent": first_to_hwc(out["features"], height, width, mode="nearest"),  # a latent pixel covers f x f pixels
+            "depth": first_to_hwc(out["depth"], height, width),
+            "accumulation": first_to_hwc(out["accumulation"], height, width),
         }
 
     def get_image_metrics_and_images(self, outputs, batch):
@@ -233,11 +281,11 @@ class LatentTriplaneModel(TriplaneModel):
         metrics = rgb_metrics(outputs["rgb"], gt)
         if "latent" in batch:  # the nearest-upsampled latent, averaged back over each f x f block: exact
             h, w = batch["latent"].shape[-2:]
-            pred = F.interpolate(outputs["latent"].permute(2, 0, 1)[None], size=(h, w), mode="area")
+            pred = F.interpolate(hwc_to_nchw(outputs["latent"]), size=(h, w), mode="area")
             target = batch["latent"].to(self.device).permute(1, 2, 0)
-            metrics.update(image_metrics(pred[0].permute(1, 2, 0), target, data_range=2.0, prefix="latent_"))
-        autoencoded = self.autoencoder.decode(self.autoencoder.encode(_nchw(gt)), clamp=True)
-        metrics.update(rgb_metrics(autoencoded[0].permute(1, 2, 0), gt, prefix="autoencoded_"))
+            metrics.update(image_metrics(first_to_hwc(pred, h, w), target, self.latent_data_range, prefix="latent_"))
+        autoencoded = self.autoencoder.decode(self.autoencoder.encode(hwc_to_nchw(gt)), clamp=True)
+        metrics.update(rgb_metrics(first_to_hwc(autoencoded, *gt.shape[:2]), gt, prefix="autoencoded_"))
         images = {"img": torch.cat([gt, outputs["rgb"]], dim=1), "depth": outputs["depth"]}
         return metrics, images
 

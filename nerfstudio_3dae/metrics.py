@@ -17,19 +17,17 @@ from jaxtyping import Float
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from nerfstudio_3dae.image_layout import hwc_to_nchw
+
 LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"
 """The torchvision AlexNet checkpoint torchmetrics' LPIPS ('alex') loads from torch's hub cache."""
-
-
-def _nchw(image: Float[Tensor, "H W c"]) -> Float[Tensor, "1 c H W"]:
-    return image.permute(2, 0, 1)[None]
 
 
 def image_metrics(
     pred: Float[Tensor, "H W c"], gt: Float[Tensor, "H W c"], data_range: float, prefix: str = ""
 ) -> Dict[str, float]:
     """PSNR and SSIM of one image (channels last). The SSIM window shrinks for small (latent) images."""
-    p, g = _nchw(pred), _nchw(gt)
+    p, g = hwc_to_nchw(pred), hwc_to_nchw(gt)
     side = min(p.shape[-2:])
     kernel = max(3, min(11, side - 1 if side % 2 == 0 else side))
     return {
@@ -47,7 +45,7 @@ def rgb_metrics(pred: Float[Tensor, "H W 3"], gt: Float[Tensor, "H W 3"], prefix
     lpips = lpips_model()
     if lpips is not None:
         with torch.no_grad():
-            metrics[f"{prefix}lpips"] = float(lpips.to(pred.device)(_nchw(pred.clamp(0, 1)), _nchw(gt)))
+            metrics[f"{prefix}lpips"] = float(lpips.to(pred.device)(hwc_to_nchw(pred.clamp(0, 1)), hwc_to_nchw(gt)))
     return metrics
 
 

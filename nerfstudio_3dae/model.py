@@ -28,13 +28,15 @@ from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
 from nerfstudio_3dae.data.dataparser import SCENE_ID
 from nerfstudio_3dae.distributed import broadcast_object, owned_scenes, rows_of, scene_shard
 from nerfstudio_3dae.field import RenderSettings, TriplaneField
+from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
 from nerfstudio_3dae.metrics import rgb_metrics
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
 
 allow_nerfstudio_checkpoints()
 
 SCENE_ENV = "NS3DAE_SCENE"
-"""Environment variable choosing the scene rendered for cameras without a scene id (ns-render paths, viewer start)."""
+"""Environment variable read once when a model is built: the initial :attr:`TriplaneModel.scene`. Only for the stock
+``ns-render`` / ``ns-viewer``, which build the model themselves; code that holds the model sets ``model.scene``."""
 
 SCENE_TABLES = ("field.bank.micro", "field.bank.weights", "field.bank.bias")
 """Parameters with one row per scene (sharded over the ranks of a multi-process run)."""
@@ -58,8 +60,9 @@ class TriplaneModelConfig(ModelConfig):
     num_bases: int = 50
     """Number of shared basis planes M."""
     sparse_scene_gradients: bool = True
-    """Per-scene tables (micro planes, mixing weights) get row-sparse gradients and a row-sparse Adam: a step's
-    cost does not grow with the number of scenes. Off: dense gradients (needs dense optimizers)."""
+    """Per-scene tables (micro planes, mixing weights) get row-sparse gradients: with the methods' row-sparse Adam a
+    step's cost does not grow with the number of scenes. Off: dense table-sized gradients (any optimizer works; the
+    row-sparse Adam then updates the rows whose gradient is not all zero). Multi-process runs need it on."""
     plane_init_std: float = 0.1
     """Standard deviation of the initial plane values."""
     hidden_dim: int = 64
@@ -103,12 +106,12 @@ class TriplaneModel(Model):
         self.owned_scenes = owned_scenes(self.num_scenes, *self.shard)
         """Ids of the scenes whose per-scene tables this process holds (all of them in a single process)."""
         owned_names = [self.scene_names[s] for s in self.owned_scenes]
-        default = self.owned_scenes[0]  # the dataparser gives every process at least one scene
-        self.scene: int = resolve_scene(os.environ[SCENE_ENV], self.scene_names) if os.environ.get(SCENE_ENV) else default
-        """The scene rendered for cameras that carry no scene id (viewer, camera paths)."""
+        self._scene = self.owned_scenes[0]  # the dataparser gives every process at least one scene
         self.scene_picker = ViewerDropdown(
-            "Scene", self.scene_names[self.scene], owned_names, cb_hook=self._on_scene_picked
+            "Scene", self.scene_names[self._scene], owned_names, cb_hook=self._on_scene_picked
         )
+        if os.environ.get(SCENE_ENV):  # the way in for the stock ns-render / ns-viewer, which build the model
+            self.scene = resolve_scene(os.environ[SCENE_ENV], self.scene_names, where=SCENE_ENV)
         c = self.config
         seed = broadcast_object(int(torch.randint(0, 2**31 - 1, ()).item()))  # every rank: rank 0's seed
         bank = TriplaneBank(
@@ -121,8 +124,21 @@ class TriplaneModel(Model):
         )
         self.field = TriplaneField(bank, mlp, settings)
 
+    @property
+    def scene(self) -> int:
+        """The scene rendered for cameras that carry no scene id (viewer, camera paths). Set it to an id or a name:
+        ``model.scene = 3`` or ``model.scene = "car_0003"``; the viewer's scene picker follows."""
+        return self._scene
+
+    @scene.setter
+    def scene(self, value: "int | str") -> None:
+        self._scene = resolve_scene(str(value), self.scene_names, where="model.scene")
+        name = self.scene_names[self._scene]
+        if self.scene_picker.value != name and name in self.scene_picker.options:
+            self.scene_picker.value = name
+
     def _on_scene_picked(self, element: ViewerDropdown) -> None:
-        self.scene = self.scene_names.index(element.value)
+        self._scene = self.scene_names.index(element.value)
 
     # -------------------------------------------------------------------------------- what is rendered
 
@@ -181,11 +197,11 @@ class TriplaneModel(Model):
         return {"rgb": out["features"], "depth": out["depth"], "accumulation": out["accumulation"], "planes": out["planes"]}
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
-        gt = _nchw(batch["image"]).to(self.device)
+        gt = hwc_to_nchw(batch["image"]).to(self.device)
         return {"psnr": peak_signal_noise_ratio(outputs["rgb"].detach().clamp(0, 1), gt, data_range=1.0)}
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
-        gt = _nchw(batch["image"]).to(self.device)
+        gt = hwc_to_nchw(batch["image"]).to(self.device)
         return {"rgb_loss": F.mse_loss(outputs["rgb"], gt), **self.regularisers(outputs)}
 
     def regularisers(self, outputs) -> Dict[str, Tensor]:
@@ -203,9 +219,9 @@ class TriplaneModel(Model):
 
     def images_for_camera(self, out: Dict[str, Tensor], height: int, width: int) -> Dict[str, Tensor]:
         return {
-            "rgb": _hwc(out["features"], height, width).clamp(0, 1),
-            "depth": _hwc(out["depth"], height, width),
-            "accumulation": _hwc(out["accumulation"], height, width),
+            "rgb": first_to_hwc(out["features"], height, width).clamp(0, 1),
+            "depth": first_to_hwc(out["depth"], height, width),
+            "accumulation": first_to_hwc(out["accumulation"], height, width),
         }
 
     def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
@@ -215,26 +231,8 @@ class TriplaneModel(Model):
         return metrics, images
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def _nchw(images: Tensor) -> Tensor:
-    """[K, H, W, 3] or [H, W, 3] -> [K, 3, H, W]."""
-    if images.ndim == 3:
-        images = images[None]
-    return images.permute(0, 3, 1, 2)
-
-
-def _hwc(image: Float[Tensor, "1 c h w"], height: int, width: int, mode: str = "bilinear") -> Float[Tensor, "H W c"]:
-    """First image of a batch at ``height x width`` (resampled with ``mode`` when the rendered size differs)."""
-    if image.shape[-2:] != (height, width):
-        align = {"align_corners": False} if mode == "bilinear" else {}
-        image = F.interpolate(image, size=(height, width), mode=mode, **align)
-    return image[0].permute(1, 2, 0)
-
-
 def resolve_scene(value: str, names: List[str], where: str = SCENE_ENV) -> int:
-    """A scene given by name or by id (its position in the run's selection)."""
+    """A scene given by name or by id (its position in the run's selection); errors name ``where`` it came from."""
     if value in names:
         return names.index(value)
     try:

@@ -1,21 +1,22 @@
 """``ns-3dae-render``: nerfstudio's ns-render for 3dae runs, one scene or one output per scene.
 
 The stock ``ns-render`` works on 3dae runs too (``camera-path``, ``interpolate``, ``dataset``); it renders the scene
-named by the ``NS3DAE_SCENE`` environment variable (a name or an id; default: the first scene). This wrapper adds
-``--scenes`` (``0:4``, ``car_0003,car_0007``, …: one output per scene, named after it) and a ``spiral`` mode that
-works with full-image datamanagers (the stock one accepts only ray-based datamanagers).
+named by the ``NS3DAE_SCENE`` environment variable (a name or an id; default: the first scene), read once when the
+model is built. This wrapper adds ``--scenes`` (``0:4``, ``car_0003,car_0007``, …: one output per scene, named after
+it; the run is loaded once and ``model.scene`` is set for each) and a ``spiral`` mode that works with full-image
+datamanagers (the stock one accepts only ray-based datamanagers).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import tyro
 from typing_extensions import Annotated
 
+import nerfstudio.scripts.render as ns_render
 from nerfstudio.cameras.camera_paths import get_spiral_path
 from nerfstudio.scripts.render import (
     DatasetRender,
@@ -28,7 +29,6 @@ from nerfstudio.utils import install_checks
 from nerfstudio.utils.eval_utils import eval_setup
 
 from nerfstudio_3dae.data.dataparser import SCENE_ID, parse_scene_selection
-from nerfstudio_3dae.model import SCENE_ENV
 
 
 def scene_names_of_run(load_config: Path) -> List[str]:
@@ -53,24 +53,53 @@ def select_scenes(load_config: Path, spec: str) -> List[str]:
     return [names[i] for i in parse_scene_selection(spec, len(names), option="--scenes")]
 
 
+class RunLoader:
+    """``eval_setup`` once per test mode: every scene of a ``--scenes`` render shares one loaded run, and each call
+    hands it out with ``model.scene`` set to the scene being rendered."""
+
+    def __init__(self) -> None:
+        self.scene: Optional[str] = None
+        """The scene name the next pipeline is handed out with (None: the model's own default)."""
+        self._loaded: Dict[str, Tuple] = {}
+
+    def __call__(self, config_path: Path, eval_num_rays_per_chunk: Optional[int] = None, test_mode: str = "test",
+                 update_config_callback: Optional[Callable] = None) -> Tuple:  # fmt: skip
+        if test_mode not in self._loaded:
+            self._loaded[test_mode] = eval_setup(config_path, eval_num_rays_per_chunk, test_mode, update_config_callback)
+        loaded = self._loaded[test_mode]
+        if self.scene is not None:
+            loaded[1].model.scene = self.scene
+        return loaded
+
+
 class PerScene:
-    """Runs a render mode once per selected scene (``NS3DAE_SCENE`` set for each), or once for ``--scene``."""
+    """Runs a render mode once per scene in ``--scenes`` (one loaded run, ``model.scene`` set for each), or once for
+    the model's default scene.
+
+    nerfstudio's render modes call ``eval_setup`` inside their ``main()``; while they run, the name they call is
+    this object's :class:`RunLoader`, which is how the scene reaches the model they render with."""
 
     scenes: str
     load_config: Path
     output_path: Path
 
     def main(self) -> None:
-        if not self.scenes:
-            return self.render_one()
-        base = self.output_path
-        for name in select_scenes(self.load_config, self.scenes):
-            os.environ[SCENE_ENV] = name
-            self.output_path = base.parent / f"{base.stem}_{name}{base.suffix}" if base.suffix else base / name
-            self.render_one()
-        self.output_path = base
+        loader = RunLoader()
+        original = ns_render.eval_setup
+        ns_render.eval_setup = loader
+        try:
+            if not self.scenes:
+                return self.render_one(loader)
+            base = self.output_path
+            for name in select_scenes(self.load_config, self.scenes):
+                loader.scene = name
+                self.output_path = base.parent / f"{base.stem}_{name}{base.suffix}" if base.suffix else base / name
+                self.render_one(loader)
+            self.output_path = base
+        finally:
+            ns_render.eval_setup = original
 
-    def render_one(self) -> None:
+    def render_one(self, load: RunLoader) -> None:
         super().main()  # type: ignore[misc]
 
 
@@ -79,7 +108,7 @@ class CameraPath(PerScene, RenderCameraPath):
     """Render a camera path (viewer export) of one scene, or of each scene in --scenes."""
 
     scenes: str = ""
-    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the NS3DAE_SCENE scene (default 0)."""
+    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the first scene (or NS3DAE_SCENE's)."""
 
 
 @dataclass
@@ -87,7 +116,7 @@ class Interpolate(PerScene, RenderInterpolated):
     """Fly through the test cameras, rendering one scene, or each scene in --scenes."""
 
     scenes: str = ""
-    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the NS3DAE_SCENE scene (default 0)."""
+    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the first scene (or NS3DAE_SCENE's)."""
 
 
 @dataclass
@@ -95,10 +124,10 @@ class Spiral(PerScene, SpiralRender):
     """A spiral around a test camera of the rendered scene, or of each scene in --scenes."""
 
     scenes: str = ""
-    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the NS3DAE_SCENE scene (default 0)."""
+    """Render once per scene: ids/ranges ('0:4', '1,3') or names. Empty: the first scene (or NS3DAE_SCENE's)."""
 
-    def render_one(self) -> None:
-        _, pipeline, _, _ = eval_setup(self.load_config, eval_num_rays_per_chunk=None, test_mode="test")
+    def render_one(self, load: RunLoader) -> None:
+        _, pipeline, _, _ = load(self.load_config, eval_num_rays_per_chunk=None, test_mode="test")
         install_checks.check_ffmpeg_installed()
         cameras = pipeline.datamanager.eval_dataset.cameras
         of_scene = (cameras.metadata[SCENE_ID].squeeze(-1) == pipeline.model.scene).nonzero()
