@@ -124,6 +124,8 @@ def test_summary_arithmetic_and_an_unreached_target():
     table = markdown_table(result)
     assert "| time per scene to the PSNR target | 5.00 | ≥ 10 | no |" in table
     assert "| render one 32² view | 5.00 | ≥ 5 | yes |" in table
+    assert "(RGB final − 0.5 dB)" in table
+    assert "(RGB final − 1.5 dB)" in markdown_table(summarise("tiny", preset, 100.0, rgb, latent, "cpu", 1.5))
 
     never = _run([(10, 2.0, 20.0, 0.7), (20, 4.0, 21.0, 0.75)])
     missed = summarise("tiny", preset, 100.0, rgb, never, "cpu", 0.5)
