@@ -1,5 +1,5 @@
 """ns-viewer on a tiny 3dae run, driven in a real headless Chromium (Playwright): the page connects, a rendered frame
-arrives, it shows the object, and the model's "Scene" picker (Custom Elements) switches the rendered scene.
+arrives, it shows the object from the camera the viewer starts at, and the model's "Scene" picker (Custom Elements) switches the rendered scene.
 
 Needs Debian's Chromium (/usr/bin/chromium, or $NS3DAE_CHROMIUM) and the Python package ``playwright`` (its wheel
 bundles the driver; no browser download: ``playwright install`` is never used). Skips, with the reason, without them.
@@ -274,11 +274,7 @@ def test_viewer_renders_the_object_and_switches_scenes(viewer, page, tmp_path):
     before = _grab(page, clip)  # the canvas as it is before we look at the object
 
     _pick(page, "Output type", "accumulation")
-    # the viewer's first camera sits inside the object's box (viser's default pose / 10): dolly out with the wheel
-    page.mouse.move(clip["x"] + clip["width"] / 2, clip["y"] + clip["height"] / 2)
-    for _ in range(5):
-        page.mouse.wheel(0, 200)
-        page.wait_for_timeout(300)
+    # no scrolling: the viewer starts at a training camera of the shown scene, outside the object's box
     accumulation = _wait_for_frame(page, clip, _shows_object, "accumulation frame showing the object", tmp_path)
     _save(page, tmp_path, "viewer-accumulation.png")
     assert np.abs(accumulation - before).mean() > 5, "the canvas did not change: no rendered frame arrived"
