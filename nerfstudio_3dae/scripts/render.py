@@ -76,8 +76,9 @@ class PerScene:
     """Runs a render mode once per scene in ``--scenes`` (one loaded run, ``model.scene`` set for each), or once for
     the model's default scene.
 
-    nerfstudio's render modes call ``eval_setup`` inside their ``main()``; while they run, the name they call is
-    this object's :class:`RunLoader`, which is how the scene reaches the model they render with."""
+    nerfstudio's render modes call ``eval_setup`` (a name in ``nerfstudio.scripts.render``) inside their ``main()``:
+    while this ``main()`` runs, that name is a :class:`RunLoader`, which is how the scene reaches the model they
+    render with; it is restored afterwards, also when a render fails."""
 
     scenes: str
     load_config: Path
