@@ -106,11 +106,12 @@ PRESETS: Dict[str, ComparePreset] = {
         num_bases=10, samples=24, scenes_per_step=2, stage1_steps=120, stage1_warmup=40, rgb_steps=400,
         latent_steps=1500, finetune_start=1200, eval_every=50,
     ),
-    # the paper's image size and R at few scenes and short schedules: within 45 minutes on a 2-core CPU
+    # the paper's image size and R with few scenes and short schedules: estimated ~25 min on an idle 2-core CPU
+    # (per-step costs of the small run scaled by pixels and samples); not yet measured
     "medium": ComparePreset(
         stage1_scenes=4, scenes=4, views_per_scene=20, test_views=4, image_size=128, triplane_resolution=64,
-        num_bases=10, samples=16, scenes_per_step=2, stage1_steps=60, stage1_warmup=30, rgb_steps=150,
-        latent_steps=800, finetune_start=650, eval_every=50,
+        num_bases=10, samples=16, scenes_per_step=2, stage1_steps=60, stage1_warmup=30, rgb_steps=300,
+        latent_steps=1200, finetune_start=1000, eval_every=50,
     ),
     # the paper's sizes (128², R = 64, 1000 scenes; stage 1 on 500 others): for a GPU
     "paper": ComparePreset(
