@@ -262,3 +262,27 @@ def test_every_documented_command_runs_on_tiny_data(tmp_path):
     assert not failures, f"{len(failures)} documented commands failed:\n\n" + "\n\n".join(failures)
     assert (work / "outputs" / "cars" / "3dae-autoencoder" / "run" / "autoencoder" / "bases.pt").is_file()
     assert json.loads((work / "metrics.json").read_text())["results"]["psnr"] > 0
+
+
+def test_the_dataparser_is_a_subcommand_that_keeps_each_methods_defaults():
+    """``ns-train METHOD --data D 3dae-scenes --scenes ...`` as nerfstudio parses it; 3dae-rgb is RGB Tri-Planes."""
+    import tyro
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    from nerfstudio_3dae.data.dataparser import ScenesDataParserConfig
+
+    def parse(*args: str):
+        return tyro.cli(AnnotatedBaseConfigUnion, args=list(args))
+
+    rgb = parse("3dae-rgb", "--data", "d", "3dae-scenes", "--scenes", "0:2", "--downscale-factor", "2")
+    parser = rgb.pipeline.datamanager.dataparser
+    assert isinstance(parser, ScenesDataParserConfig)
+    assert (parser.scenes, parser.downscale_factor, parser.image_multiple) == ("0:2", 2, 1)
+    model = rgb.pipeline.model
+    assert (model.micro_channels, model.macro_channels, model.num_bases) == (32, 0, 0), "RGB Tri-Planes"
+    latent = parse("3dae-latent", "--data", "d", "3dae-scenes", "--test-every", "3")
+    assert latent.pipeline.datamanager.dataparser.image_multiple == 8, "the autoencoder factor stays"
+    assert latent.pipeline.datamanager.dataparser.test_every == 3
+    assert (latent.pipeline.model.micro_channels, latent.pipeline.model.macro_channels) == (10, 22)
+    plain = parse("3dae-autoencoder", "--data", "d")
+    assert plain.pipeline.datamanager.dataparser.scenes == ":", "the subcommand may be left out"
