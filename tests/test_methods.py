@@ -70,10 +70,13 @@ def test_stage1_feeds_stage2_and_latents_are_cached(data, tmp_path):
     bases = torch.load(exported / BASES_FILE, weights_only=True)
     assert bases.shape == (2, 3, 4, 8, 8)
 
-    args = ["--pipeline.model.autoencoder", stage1, "--pipeline.model.bases", stage1,
+    # the stage-1 run named once (as in the README): its bases come with its autoencoder
+    args = ["--pipeline.model.autoencoder", stage1,
             "--pipeline.model.finetune-start", "8", "--pipeline.datamanager.latent-cache-dir", tmp_path / "cache"]
     stage2, log = train("3dae-latent", data, tmp_path / "s2", 12, *args)
     assert "encoding" in log and checkpoints(stage2) == ["step-000000011.ckpt"]
+    said = "".join(log.split())  # rich wraps long lines
+    assert "sharedbasesfrom" in said and "givenby--pipeline.model.autoencoder,astage-1run" in said
     assert list((tmp_path / "cache" / ae.encoder_identity).glob("*.npy")), "cached under the encoder identity"
     # the stage-2 checkpoint starts from the stage-1 bases and holds the stage-1 autoencoder's weights
     state = torch.load(stage2 / "nerfstudio_models" / "step-000000011.ckpt", map_location="cpu")["pipeline"]
