@@ -131,7 +131,9 @@ class LatentTriplaneModel(TriplaneModel):
             source, given_by = Path(c.bases), "--pipeline.model.bases"
         elif c.bases_from_autoencoder and (beside := bases_beside_autoencoder(str(c.autoencoder))) is not None:
             source = beside
-            given_by = "--pipeline.model.autoencoder, a stage-1 run (--pipeline.model.bases-from-autoencoder False: random)"
+            given_by = (
+                "--pipeline.model.autoencoder, a stage-1 run (--pipeline.model.bases-from-autoencoder False: random)"
+            )
         else:
             return
         with torch.no_grad():

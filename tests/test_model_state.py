@@ -118,7 +118,10 @@ def test_ns_3dae_render_loads_once_and_sets_the_scene_on_the_model(monkeypatch, 
     stock = render_script.ns_render.eval_setup
     job = _PerSceneRender("3,7", tmp_path / "config.yml", tmp_path / "video.mp4", [])
     job.main()
-    assert job.rendered == [("car_0003", tmp_path / "video_car_0003.mp4"), ("car_0007", tmp_path / "video_car_0007.mp4")]
+    assert job.rendered == [
+        ("car_0003", tmp_path / "video_car_0003.mp4"),
+        ("car_0007", tmp_path / "video_car_0007.mp4"),
+    ]
     assert loads == ["inference"], "one load for every scene"
     assert render_script.ns_render.eval_setup is stock, "nerfstudio's eval_setup is back after the render"
     assert SCENE_ENV not in __import__("os").environ

@@ -65,7 +65,9 @@ class RunLoader:
     def __call__(self, config_path: Path, eval_num_rays_per_chunk: Optional[int] = None, test_mode: str = "test",
                  update_config_callback: Optional[Callable] = None) -> Tuple:  # fmt: skip
         if test_mode not in self._loaded:
-            self._loaded[test_mode] = eval_setup(config_path, eval_num_rays_per_chunk, test_mode, update_config_callback)
+            self._loaded[test_mode] = eval_setup(
+                config_path, eval_num_rays_per_chunk, test_mode, update_config_callback
+            )
         loaded = self._loaded[test_mode]
         if self.scene is not None:
             loaded[1].model.scene = self.scene
