@@ -18,7 +18,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Literal, Optional, Type
+from typing import Dict, Literal, Optional, Tuple, Type
 
 import tyro
 from rich.console import Console
@@ -143,7 +143,41 @@ class Compare:
         CONSOLE.print(markdown_table(result))
 
 
-COMMANDS: Dict[str, Type] = {"scaling": Scaling, "compare": Compare}
+@dataclass
+class Finetune:
+    """Stage 3 measured: 3dae-latent on the same scenes for each autoencoder and decoder fine-tune learning rate,
+    the decoded test PSNR through the whole fine-tune (finetune.json, finetune.md)."""
+
+    data: Path
+    """A 3dae-scenes dataset (the scenes must be new to the autoencoders)."""
+    output: Path = Path("outputs/bench-finetune")
+    """Folder for finetune.json, finetune.md and the runs."""
+    autoencoders: Tuple[str, ...] = ("embedded",)
+    """Autoencoders to compare ('embedded', folders, 3dae-autoencoder runs, hub ids)."""
+    decoder_lrs: Tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    """Decoder learning rates of the fine-tune."""
+    scenes: str = ":"
+    """The scenes to train (a --scenes spec)."""
+    preset: Literal["tiny", "small", "medium", "paper"] = "medium"
+    """Tri-plane sizes, samples and batch of ns-3dae-bench compare's preset."""
+    latent_steps: int = 1000
+    """Stage-2 steps (latent space) before the fine-tune."""
+    finetune_steps: int = 300
+    """Fine-tune steps."""
+    eval_every: int = 50
+    """Steps between evaluations of all test views."""
+
+    def main(self) -> None:
+        from nerfstudio_3dae.bench.finetune import finetune_table, run_finetune_sweep
+
+        result = run_finetune_sweep(self.data, self.output, self.autoencoders, self.decoder_lrs, self.scenes,
+                                    self.preset, self.latent_steps, self.finetune_steps, self.eval_every,
+                                    log=CONSOLE.print)  # fmt: skip
+        CONSOLE.print(finetune_table(result))
+        CONSOLE.print(f"wrote {self.output / 'finetune.json'}")
+
+
+COMMANDS: Dict[str, Type] = {"scaling": Scaling, "compare": Compare, "finetune": Finetune}
 """Subcommand name -> dataclass with a ``main()`` method."""
 
 
