@@ -286,9 +286,10 @@ class LatentTriplaneModel(TriplaneModel):
             pred = F.interpolate(hwc_to_nchw(outputs["latent"]), size=(h, w), mode="area")
             target = batch["latent"].to(self.device).permute(1, 2, 0)
             metrics.update(image_metrics(first_to_hwc(pred, h, w), target, self.latent_data_range, prefix="latent_"))
-        autoencoded = self.autoencoder.decode(self.autoencoder.encode(hwc_to_nchw(gt)), clamp=True)
-        metrics.update(rgb_metrics(first_to_hwc(autoencoded, *gt.shape[:2]), gt, prefix="autoencoded_"))
-        images = {"img": torch.cat([gt, outputs["rgb"]], dim=1), "depth": outputs["depth"]}
+        autoencoded = first_to_hwc(self.autoencoder.decode(self.autoencoder.encode(hwc_to_nchw(gt)), clamp=True), *gt.shape[:2])
+        metrics.update(rgb_metrics(autoencoded, gt, prefix="autoencoded_"))
+        # ground truth | decoded render | the autoencoder alone, D(E(x)): where the decoded render loses its dB
+        images = {"img": torch.cat([gt, outputs["rgb"], autoencoded], dim=1), "depth": outputs["depth"]}
         return metrics, images
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import look_at_c2w
 from nerfstudio_3dae.data.synth.generate import generate_dataset
+from nerfstudio_3dae.preview import tile_test_views
 
 BIN = Path(sys.executable).parent
 
@@ -61,7 +62,12 @@ def test_ns_eval_reports_every_space_and_every_scene(trained, tmp_path):
         assert "LPIPS not computed" in results["lpips"] and "LPIPS not computed" in log
     else:  # weights present: a real LPIPS in both image spaces
         assert math.isfinite(results["lpips"]) and math.isfinite(results["autoencoded_lpips"])
-    assert len(list((tmp_path / "img").glob("*.png"))) == 4
+    views = sorted((tmp_path / "img").glob("*.png"))
+    assert len(views) == 4
+    with Image.open(views[0]) as first:  # ground truth | decoded render | the autoencoder alone
+        assert first.width == 3 * first.height
+    grid = np.asarray(Image.open(tile_test_views(tmp_path / "img", tmp_path / "grid.png")))
+    assert grid.shape[0] > 2 * first.height  # a row per scene (two scenes)
 
 
 def test_ns_render_modes_and_scene_choice(trained, tmp_path):

@@ -4,7 +4,8 @@
 2. the ``3dae-scenes`` dataparser loads it: scenes, ids and views are printed;
 3. ``ns-train 3dae-latent`` trains the scenes in the latent space of the embedded autoencoder from cached latents,
    then fine-tunes the decoder;
-4. ``ns-eval`` reports the decoded test PSNR.
+4. ``ns-eval`` reports the decoded test PSNR and writes every test view as ground truth | decoded render |
+   autoencoder alone; one picture tiles them, a row per scene.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
+from nerfstudio_3dae.preview import tile_test_views
+
 CONSOLE = Console()
 
 
@@ -29,14 +32,16 @@ class DemoConfig:
 
     output: Path = Path("outputs/demo")
     """Where the dataset and the runs go."""
-    num_scenes: int = 6
+    num_scenes: int = 4
     """Generated scenes."""
     views_per_scene: int = 24
     """Views per scene (the first 4 are test views)."""
-    resolution: int = 64
-    """Image side (latents are resolution / 8)."""
-    steps: int = 800
-    """Training steps of 3dae-latent; the decoder fine-tune takes the last fifth."""
+    resolution: int = 128
+    """Image side (latents are resolution / 8): the embedded autoencoder's native 128²."""
+    steps: int = 1000
+    """Training steps of 3dae-latent (latent space, from cached latents); the decoder fine-tune follows."""
+    finetune_steps: int = 100
+    """Decoder fine-tune steps at the end (RGB loss through the decoder, at full resolution)."""
     only_data: bool = False
     """Stop after generating and loading the data."""
 
@@ -76,22 +81,26 @@ def main(config: DemoConfig) -> None:
     if config.only_data:
         return
     runs = config.output / "runs"
+    total = config.steps + config.finetune_steps
     _run([_tool("ns-train"), "3dae-latent", "--data", data, "--output-dir", runs, "--experiment-name", "demo",
-          "--timestamp", "latest", "--vis", "tensorboard", "--max-num-iterations", config.steps,
-          "--steps-per-eval-all-images", config.steps, "--logging.steps-per-log", 100,
-          "--pipeline.model.finetune-start", config.steps * 4 // 5, "--pipeline.model.resolution", 32,
-          "--pipeline.model.num-bases", 10, "--pipeline.model.num-coarse-samples", 32,
-          "--pipeline.model.num-fine-samples", 32])
+          "--timestamp", "latest", "--vis", "tensorboard", "--max-num-iterations", total,
+          "--logging.steps-per-log", 100, "--pipeline.model.finetune-start", config.steps,
+          "--pipeline.model.resolution", 32, "--pipeline.model.num-bases", 10,
+          "--pipeline.model.num-coarse-samples", 32, "--pipeline.model.num-fine-samples", 32])
     run = runs / "demo" / "3dae-latent" / "latest"
-    metrics = config.output / "eval.json"
-    _run([_tool("ns-eval"), "--load-config", run / "config.yml", "--output-path", metrics])
+    metrics, views = config.output / "eval.json", config.output / "test_views"
+    _run([_tool("ns-eval"), "--load-config", run / "config.yml", "--output-path", metrics,
+          "--render-output-path", views])
     results = json.loads(metrics.read_text())["results"]
+    picture = tile_test_views(views, config.output / "test_views.png")
     CONSOLE.print(f"[bold green]run:[/] {run}")
     CONSOLE.print(
         f"[bold green]decoded test PSNR: {results['psnr']:.2f} dB[/] (SSIM {results['ssim']:.3f}; the autoencoder "
         f"alone reaches {results['autoencoded_psnr']:.2f} dB; latent PSNR {results['latent_psnr']:.2f} dB)"
     )
     CONSOLE.print(f"inspect it: ns-viewer --load-config {run / 'config.yml'} --viewer.websocket-host 127.0.0.1")
+    CONSOLE.print(f"[bold green]test views[/] (ground truth | decoded render | autoencoder alone, a row per scene): "
+                  f"{picture}")
 
 
 def entrypoint() -> None:
