@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Short autoencoder-only runs with 4, 8 and 16 latent channels on one shared generated corpus, same steps and
 # seed: held-out D(E(x)) PSNR and step time for each (the measurement behind the embedded autoencoder's channel
-# count; docs/autoencoder.md). Resumable like every ns-3dae-train-autoencoder run. CPU: ~5 min a setting.
+# count; docs/autoencoder.md). Resumable like every ns-3dae-train-autoencoder run. CPU: ~2 min a setting (1 thread).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 WORK="${WORK:-$ROOT/outputs/ae-channels}"
 CORPUS="${CORPUS:-$ROOT/outputs/ae-corpus}"
-STEPS="${STEPS:-300}"
+STEPS="${STEPS:-200}"
 for C in ${CHANNELS:-4 8 16}; do
   ns-3dae-train-autoencoder --output "$WORK/c$C" --corpus-dir "$CORPUS" --latent-channels "$C" --steps "$STEPS" \
     --warmup-steps 50 --eval-every "$STEPS" --save-every 100 --log-every 25 --threads "${THREADS:-1}"
