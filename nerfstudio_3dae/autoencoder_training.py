@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -51,12 +51,18 @@ class AutoencoderTrainingConfig:
     corpus_dir: Optional[Path] = None
     """Where the generated corpus lives (corpus/ and holdout/ inside it); default: the run folder. Runs that
     compare settings share one."""
-    corpus: List[CorpusPart] = field(
-        default_factory=lambda: [CorpusPart("car", 800, 5000), CorpusPart("chair", 100, 5001), CorpusPart("table", 100, 5002)]
-    )
-    """Training scenes, per category."""
-    holdout: List[CorpusPart] = field(default_factory=lambda: [CorpusPart("car", 16, 9000)])
-    """Held-out scenes (other seeds) for whole-image D(E(x)) PSNR."""
+    cars: int = 800
+    """Generated car scenes of the training corpus."""
+    chairs: int = 100
+    """Generated chair scenes (variety: wood, fabric)."""
+    tables: int = 100
+    """Generated table scenes."""
+    corpus_seed: int = 5000
+    """Generator seed of the cars; chairs and tables use the next two (no benchmark or test uses these)."""
+    holdout_cars: int = 16
+    """Held-out car scenes (seed ``holdout_seed``) for whole-image D(E(x)) PSNR."""
+    holdout_seed: int = 9000
+    """Generator seed of the held-out scenes."""
     views_per_scene: int = 16
     """Views rendered per corpus scene."""
     holdout_views: int = 4
@@ -112,6 +118,13 @@ class AutoencoderTrainingConfig:
 
 
 # ----------------------------------------------------------------------------------------------- corpus
+def corpus_parts(c: AutoencoderTrainingConfig) -> Tuple[List[CorpusPart], List[CorpusPart]]:
+    """The training and held-out parts of a config (categories with no scenes left out)."""
+    counts = (("car", c.cars), ("chair", c.chairs), ("table", c.tables))
+    train = [CorpusPart(cat, n, c.corpus_seed + k) for k, (cat, n) in enumerate(counts) if n > 0]
+    return train, [CorpusPart("car", c.holdout_cars, c.holdout_seed)]
+
+
 def _corpus_array(root: Path, parts: Sequence[CorpusPart], views: int, resolution: int, workers: int) -> np.ndarray:
     """Generate (once) every part under ``root`` and return all views as one ``[N, H, W, 3]`` uint8 array.
 
@@ -232,12 +245,15 @@ def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] =
     out = Path(c.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(c), default=str, indent=1))
-    log(f"corpus: {sum(p.num_scenes for p in c.corpus)} scenes x {c.views_per_scene} views at {c.resolution}²")
+    parts, holdout = corpus_parts(c)
+    if not parts or c.holdout_cars < 1:
+        raise ValueError("the corpus needs scenes (--cars/--chairs/--tables) and --holdout-cars >= 1")
+    log(f"corpus: {sum(p.num_scenes for p in parts)} scenes x {c.views_per_scene} views at {c.resolution}²")
     t0 = time.perf_counter()
     data = Path(c.corpus_dir) if c.corpus_dir is not None else out
-    train = _corpus_array(data / "corpus", c.corpus, c.views_per_scene, c.resolution, c.workers)
+    train = _corpus_array(data / "corpus", parts, c.views_per_scene, c.resolution, c.workers)
     held = torch.from_numpy(np.array(
-        _corpus_array(data / "holdout", c.holdout, c.holdout_views, c.resolution, c.workers))).permute(0, 3, 1, 2)
+        _corpus_array(data / "holdout", holdout, c.holdout_views, c.resolution, c.workers))).permute(0, 3, 1, 2)
     log(f"corpus ready: {len(train)} training views, {len(held)} held-out views ({time.perf_counter() - t0:.0f} s)")
 
     config = kl_config(c.block_out_channels, c.layers_per_block, c.latent_channels, c.norm_groups, c.mid_attention)

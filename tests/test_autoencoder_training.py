@@ -13,7 +13,6 @@ from nerfstudio_3dae.autoencoder import load_autoencoder
 from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER
 from nerfstudio_3dae.autoencoder_training import (
     AutoencoderTrainingConfig,
-    CorpusPart,
     random_crops,
     read_log,
     reconstruction_psnr,
@@ -29,8 +28,8 @@ EMBEDDED_FLOOR_DB = 20.0
 
 def _tiny(output: Path, corpus: Path, steps: int, **kw) -> AutoencoderTrainingConfig:
     return AutoencoderTrainingConfig(
-        output=output, corpus_dir=corpus, corpus=[CorpusPart("car", 3, 1), CorpusPart("chair", 1, 2)],
-        holdout=[CorpusPart("car", 1, 3)], views_per_scene=3, holdout_views=2, resolution=32,
+        output=output, corpus_dir=corpus, cars=3, chairs=1, tables=0, corpus_seed=1, holdout_cars=1, holdout_seed=3,
+        views_per_scene=3, holdout_views=2, resolution=32,
         block_out_channels=(8, 8), latent_channels=4, crop=16, batch_size=4, steps=steps, warmup_steps=5,
         lr=3e-3, eval_every=steps, save_every=10, log_every=10, threads=1, workers=1, **kw,
     )  # fmt: skip
