@@ -4,7 +4,7 @@ Commands are the lines of fenced code blocks whose first word (after ``VAR=value
 ``ns-``; ``\\``-continued lines are joined, ``# comments`` and ``[optional]`` brackets dropped. Each is run as the
 installed console script, in a workspace folder where the relative paths of the docs exist, with paths and sizes
 substituted (:func:`tiny`): ``--num-scenes 100`` makes 4 scenes, ``--scenes 500:1000`` selects 2 of them,
-``--preset paper`` is ``tiny``, ``<run>`` is the run an earlier documented command trained, training commands get
+``--preset paper`` is ``tiny`` (``scaling`` in this process), ``<run>`` is the run an earlier documented command trained, training commands get
 a few steps at R = 8. Data producers (``ns-3dae-synth``, ``ns-3dae-convert``) run first, then stage 1, the other
 trainings, the tools on their runs and the benchmarks, so a command that consumes another's output gets the real
 output. ``ns-viewer`` is started and stopped once it serves. Only :data:`SKIP` is not run, each with its reason.
@@ -45,7 +45,7 @@ SKIP = {
 """Substring of a command -> why it is not run."""
 
 SCENES = {":": ":", "0:80": "0:2", "80:100": "2:4", "0:500": "0:2", "500:1000": "2:4", "500:506": "2:4",
-          "3,7,9": "0,1,3", "0:4": "0:4", "0:10": "0:4", "car_0002,car_0009": "car_0002,car_0003"}  # fmt: skip
+          "3,7,9": "0,1,3", "0:4": "0:4", "4:10": "2:4", "0:10": "0:4", "car_0002,car_0009": "car_0002,car_0003"}  # fmt: skip
 """``--scenes`` of the docs -> the same kind of selection of the workspace's 4 scenes."""
 STAGE1_SCENES = {"0:4": "0:2"}
 """``--stage1-scenes`` of the docs (disjoint from the mapped ``--scenes``)."""
@@ -149,6 +149,8 @@ def tiny(command: DocCommand) -> DocCommand:
         _set(argv, "--preset", "tiny")
         if argv[1] == "compare":
             _set(argv, "--threads", "1")
+        elif argv[1] == "scaling" and "--fresh-process" not in argv:  # 6 Python start-ups: test_bench_scaling's
+            argv.append("--no-fresh-process")
     elif tool == "ns-viewer":
         _set(argv, "--viewer.websocket-port", str(_free_port()))
     return DocCommand(command.where, command.text, env, argv)
