@@ -47,9 +47,7 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown latent normaliser kind {kind!r} (expected 'tanh', 'linear' or 'none')")
 
 
-def normalise_latents(
-    z: Float[Tensor, "B c h w"], kind: str = "tanh", scale: float = 0.02
-) -> Float[Tensor, "B c h w"]:
+def normalise_latents(z: Float[Tensor, "B c h w"], kind: str = "tanh", scale: float = 0.02) -> Float[Tensor, "B c h w"]:
     """Raw autoencoder latents -> normalised latents (``tanh(scale*z)``, ``scale*z`` or ``z``)."""
     _check_kind(kind)
     return torch.tanh(z * scale) if kind == "tanh" else z * scale if kind == "linear" else z
@@ -306,7 +304,9 @@ def load_autoencoder(
         try:
             cfg = _diffusers_class("kl").load_config(text, **opts)
         except Exception as e:
-            raise FileNotFoundError(f"{text!r} is no local folder (cwd {Path.cwd()}) and no loadable hub id: {e}") from e
+            raise FileNotFoundError(
+                f"{text!r} is no local folder (cwd {Path.cwd()}) and no loadable hub id: {e}"
+            ) from e
         k = _resolve_kind(cfg.get("_class_name"), kind, f"{text} (subfolder={subfolder})")
         model = _diffusers_class(k).from_pretrained(text, **opts)
     return LatentAutoencoder(model.eval(), normaliser)

@@ -92,7 +92,8 @@ class AutoencoderTrainingConfig:
     steps: int = 20000
     """Optimiser steps in all (the cosine schedule runs over them)."""
     lr: float = 1.5e-3
-    """Peak Adam learning rate (after a linear warm-up of ``warmup_steps``), cosine-decayed to ``lr * final_lr_factor``."""
+    """Peak Adam learning rate (after a linear warm-up of ``warmup_steps``), cosine-decayed to
+    ``lr * final_lr_factor``."""
     warmup_steps: int = 200
     """Linear learning-rate warm-up."""
     final_lr_factor: float = 0.02
@@ -130,24 +131,36 @@ def _corpus_array(root: Path, parts: Sequence[CorpusPart], views: int, resolutio
 
     The array is cached as ``root/images.npy``; a part's folder is generated only if its ``scenes.json`` is missing.
     """
+    from nerfstudio_3dae.data.images import load_images
     from nerfstudio_3dae.data.layout import read_scene, read_scene_names
     from nerfstudio_3dae.data.synth.generate import generate_dataset
-    from nerfstudio_3dae.data.images import load_images
 
     cache, spec_file = root / "images.npy", root / "corpus.json"
     spec = {"parts": [asdict(p) for p in parts], "views_per_scene": views, "resolution": resolution}
     if cache.is_file():
         found = json.loads(spec_file.read_text()) if spec_file.is_file() else None
         if found != spec:
-            raise ValueError(f"the corpus in {root} was made with other settings ({found}) than asked ({spec}); "
-                             "use another --corpus-dir or delete that folder")
+            raise ValueError(
+                f"the corpus in {root} was made with other settings ({found}) than asked ({spec}); "
+                "use another --corpus-dir or delete that folder"
+            )
         return np.load(cache, mmap_mode="r")
     paths: List[Path] = []
     for part in parts:
         folder = root / f"{part.category}-{part.seed}"
         if not (folder / "scenes.json").is_file():
-            generate_dataset(folder, part.num_scenes, views, resolution, seed=part.seed, category=part.category,
-                             test_views=0, workers=workers, overwrite=True, progress=False)
+            generate_dataset(
+                folder,
+                part.num_scenes,
+                views,
+                resolution,
+                seed=part.seed,
+                category=part.category,
+                test_views=0,
+                workers=workers,
+                overwrite=True,
+                progress=False,
+            )
         for name in read_scene_names(folder):
             paths += [v.image for v in read_scene(folder, name).views]
     images = load_images(paths).numpy()
@@ -170,7 +183,11 @@ def random_crops(
     out = np.empty((count, size, size, 3), dtype=np.uint8)
     for k in range(count):
         for _ in range(2):
-            i, y, x = int(generator.integers(n)), int(generator.integers(h - size + 1)), int(generator.integers(w - size + 1))
+            i, y, x = (
+                int(generator.integers(n)),
+                int(generator.integers(h - size + 1)),
+                int(generator.integers(w - size + 1)),
+            )
             crop = images[i, y : y + size, x : x + size]
             if (crop.min(-1) < 250).mean() >= min_ink:
                 break
@@ -184,8 +201,13 @@ def to_unit(images: UInt8[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
 
 
 # ----------------------------------------------------------------------------------------------- model
-def kl_config(widths: Sequence[int], layers_per_block: int, latent_channels: int, norm_groups: int = 4,
-              mid_attention: bool = False) -> Dict[str, object]:  # fmt: skip
+def kl_config(
+    widths: Sequence[int],
+    layers_per_block: int,
+    latent_channels: int,
+    norm_groups: int = 4,
+    mid_attention: bool = False,
+) -> Dict[str, object]:
     """A diffusers ``AutoencoderKL`` config with these block widths (factor ``2 ** (len(widths) - 1)``)."""
     if any(w % norm_groups for w in widths):
         raise ValueError(f"--norm-groups {norm_groups} must divide every block width {tuple(widths)}")
@@ -209,7 +231,10 @@ def psnr_of(a: Float[Tensor, "B 3 H W"], b: Float[Tensor, "B 3 H W"]) -> Float[T
 def reconstruction_psnr(ae: LatentAutoencoder, images: UInt8[Tensor, "N 3 H W"], batch: int = 8) -> float:
     """Mean PSNR of ``D(E(x))`` over whole images."""
     ae.eval()
-    scores = [psnr_of(ae(to_unit(images[i : i + batch])), to_unit(images[i : i + batch])) for i in range(0, len(images), batch)]
+    scores = [
+        psnr_of(ae(to_unit(images[i : i + batch])), to_unit(images[i : i + batch]))
+        for i in range(0, len(images), batch)
+    ]
     return float(torch.cat(scores).mean())
 
 
@@ -240,7 +265,9 @@ def _atomic_save(obj: object, path: Path) -> None:
 def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) autoencoder-only training; returns the exported ``save_pretrained`` folder."""
     if c.crop % 2 ** (len(c.block_out_channels) - 1):
-        raise ValueError(f"--crop {c.crop} is not a multiple of the autoencoder factor {2 ** (len(c.block_out_channels) - 1)}")
+        raise ValueError(
+            f"--crop {c.crop} is not a multiple of the autoencoder factor {2 ** (len(c.block_out_channels) - 1)}"
+        )
     torch.set_num_threads(c.threads)
     out = Path(c.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,8 +279,9 @@ def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] =
     t0 = time.perf_counter()
     data = Path(c.corpus_dir) if c.corpus_dir is not None else out
     train = _corpus_array(data / "corpus", parts, c.views_per_scene, c.resolution, c.workers)
-    held = torch.from_numpy(np.array(
-        _corpus_array(data / "holdout", holdout, c.holdout_views, c.resolution, c.workers))).permute(0, 3, 1, 2)
+    held = torch.from_numpy(
+        np.array(_corpus_array(data / "holdout", holdout, c.holdout_views, c.resolution, c.workers))
+    ).permute(0, 3, 1, 2)
     log(f"corpus ready: {len(train)} training views, {len(held)} held-out views ({time.perf_counter() - t0:.0f} s)")
 
     config = kl_config(c.block_out_channels, c.layers_per_block, c.latent_channels, c.norm_groups, c.mid_attention)
@@ -270,8 +298,16 @@ def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] =
         log(f"resumed at step {step} ({elapsed / 60:.1f} min trained so far)")
 
     def save() -> None:
-        _atomic_save({"model": ae.model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                      "elapsed_s": elapsed, "rng": rng.bit_generator.state}, state_path)
+        _atomic_save(
+            {
+                "model": ae.model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "elapsed_s": elapsed,
+                "rng": rng.bit_generator.state,
+            },
+            state_path,
+        )
 
     started, last, losses = time.perf_counter(), time.perf_counter(), []
     with (out / LOG_FILE).open("a") as logfile:
@@ -297,11 +333,20 @@ def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] =
             last = now
             record: Dict[str, object] = {}
             if step % c.log_every == 0:
-                record = {"step": step, "loss": float(np.mean(losses)), "lr": _lr_at(step - 1, c),
-                          "minutes": elapsed / 60}
+                record = {
+                    "step": step,
+                    "loss": float(np.mean(losses)),
+                    "lr": _lr_at(step - 1, c),
+                    "minutes": elapsed / 60,
+                }
                 losses = []
             if step % c.eval_every == 0 or step == c.steps:
-                record = {**record, "step": step, "minutes": elapsed / 60, "holdout_psnr": reconstruction_psnr(ae, held)}
+                record = {
+                    **record,
+                    "step": step,
+                    "minutes": elapsed / 60,
+                    "holdout_psnr": reconstruction_psnr(ae, held),
+                }
                 last = time.perf_counter()  # evaluation time is not training time
             if record:
                 logfile.write(json.dumps(record) + "\n")
@@ -315,8 +360,12 @@ def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] =
                 return out / EXPORT_DIR
     ae.normaliser = fitted_normaliser(ae, held)
     export = ae.save(out / EXPORT_DIR)
-    final = {"step": step, "minutes": elapsed / 60, "final_holdout_psnr": reconstruction_psnr(ae, held),
-             "normaliser": ae.normaliser.to_dict()}
+    final = {
+        "step": step,
+        "minutes": elapsed / 60,
+        "final_holdout_psnr": reconstruction_psnr(ae, held),
+        "normaliser": ae.normaliser.to_dict(),
+    }
     with (out / LOG_FILE).open("a") as logfile:
         logfile.write(json.dumps(final) + "\n")
     log(json.dumps(final))

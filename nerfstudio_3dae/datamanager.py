@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
 
 import torch
-from torch import Tensor
-
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
 
 from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
 from nerfstudio_3dae.data.images import cached_latents, load_images, views_by_scene

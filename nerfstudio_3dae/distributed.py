@@ -105,9 +105,9 @@ def average_gradients(params: Sequence[Tensor]) -> None:
     has_grad = torch.tensor([float(p.grad is not None) for p in params], device=reference.device)
     flat = torch.cat([g.reshape(-1).to(reference.dtype) for g in grads] + [has_grad])
     dist.all_reduce(flat)
-    counts = flat[-len(params):]
+    counts = flat[-len(params) :]
     offset = 0
-    for p, count in zip(params, counts.tolist()):
+    for p, count in zip(params, counts.tolist(), strict=True):
         size = p.numel()
         if count > 0:
             p.grad = (flat[offset : offset + size] / world).reshape(p.shape).to(p.dtype)

@@ -13,9 +13,8 @@ from typing import Dict, Literal, Optional, Tuple
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor, nn
-
 from nerfstudio.cameras.cameras import Cameras
+from torch import Tensor, nn
 
 from nerfstudio_3dae.rendering import render_rays
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
@@ -103,8 +102,12 @@ class TriplaneField(nn.Module):
         def image(key: str) -> Tensor:  # chunks of [K, m, c] -> [K, c, h, w]
             return torch.cat([c[key] for c in chunks], dim=1).reshape(k, h, w, -1).permute(0, 3, 1, 2)
 
-        return {"features": image("features"), "depth": image("depth"), "accumulation": image("accumulation"),
-                "planes": planes}
+        return {
+            "features": image("features"),
+            "depth": image("depth"),
+            "accumulation": image("accumulation"),
+            "planes": planes,
+        }
 
     def _render_rays(
         self,

@@ -19,12 +19,11 @@ from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.nn import Parameter
 from torchmetrics.functional.image import peak_signal_noise_ratio
-
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.utils.rich_utils import CONSOLE
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, is_encoder_tensor
 from nerfstudio_3dae.autoencoder_source import bases_beside_autoencoder, load_bases, resolve_autoencoder
@@ -229,8 +228,12 @@ class LatentTriplaneModel(TriplaneModel):
         out: Dict[str, Tensor] = {}
         if phase != "ae_pretrain":
             rendered = self.render(cameras)
-            out.update(latent=rendered["features"], depth=rendered["depth"],
-                       accumulation=rendered["accumulation"], planes=rendered["planes"])
+            out.update(
+                latent=rendered["features"],
+                depth=rendered["depth"],
+                accumulation=rendered["accumulation"],
+                planes=rendered["planes"],
+            )
             if phase in ("joint", "finetune"):
                 out["rgb"] = self.autoencoder.decode(rendered["features"])
         return out
@@ -264,7 +267,9 @@ class LatentTriplaneModel(TriplaneModel):
                 outputs["latent"].detach(), batch["latent"].to(self.device), data_range=self.latent_data_range
             )
         if "rgb" in outputs:
-            metrics["psnr"] = peak_signal_noise_ratio(outputs["rgb"].detach().clamp(0, 1), hwc_to_nchw(batch["image"]).to(self.device), data_range=1.0)
+            metrics["psnr"] = peak_signal_noise_ratio(
+                outputs["rgb"].detach().clamp(0, 1), hwc_to_nchw(batch["image"]).to(self.device), data_range=1.0
+            )
         return metrics
 
     # -------------------------------------------------------------------------------- eval / viewer
@@ -273,7 +278,9 @@ class LatentTriplaneModel(TriplaneModel):
         rgb = self.autoencoder.decode(out["features"], clamp=True)  # [1, 3, h*f, w*f]
         return {
             "rgb": first_to_hwc(rgb, height, width),
-            "latent": first_to_hwc(out["features"], height, width, mode="nearest"),  # a latent pixel covers f x f pixels
+            "latent": first_to_hwc(
+                out["features"], height, width, mode="nearest"
+            ),  # a latent pixel covers f x f pixels
             "depth": first_to_hwc(out["depth"], height, width),
             "accumulation": first_to_hwc(out["accumulation"], height, width),
         }
@@ -286,7 +293,9 @@ class LatentTriplaneModel(TriplaneModel):
             pred = F.interpolate(hwc_to_nchw(outputs["latent"]), size=(h, w), mode="area")
             target = batch["latent"].to(self.device).permute(1, 2, 0)
             metrics.update(image_metrics(first_to_hwc(pred, h, w), target, self.latent_data_range, prefix="latent_"))
-        autoencoded = first_to_hwc(self.autoencoder.decode(self.autoencoder.encode(hwc_to_nchw(gt)), clamp=True), *gt.shape[:2])
+        autoencoded = first_to_hwc(
+            self.autoencoder.decode(self.autoencoder.encode(hwc_to_nchw(gt)), clamp=True), *gt.shape[:2]
+        )
         metrics.update(rgb_metrics(autoencoded, gt, prefix="autoencoded_"))
         # ground truth | decoded render | the autoencoder alone, D(E(x)): where the decoded render loses its dB
         images = {"img": torch.cat([gt, outputs["rgb"], autoencoded], dim=1), "depth": outputs["depth"]}
@@ -302,4 +311,3 @@ def _scale_lr(optimizers, group: str, factor: float) -> None:
     scheduler = optimizers.schedulers.get(group)
     if scheduler is not None:
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
-

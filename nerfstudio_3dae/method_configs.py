@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig

@@ -7,22 +7,20 @@ that carry none (viewer, ns-render paths), from :attr:`TriplaneModel.scene`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
-
-import os
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
-from torch import Tensor
-from torch.nn import Parameter
-from torchmetrics.functional.image import peak_signal_noise_ratio
-
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.viewer.viewer_elements import ViewerDropdown
+from torch import Tensor
+from torch.nn import Parameter
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
 from nerfstudio_3dae.data.dataparser import SCENE_ID
@@ -115,8 +113,14 @@ class TriplaneModel(Model):
         c = self.config
         seed = broadcast_object(int(torch.randint(0, 2**31 - 1, ()).item()))  # every rank: rank 0's seed
         bank = TriplaneBank(
-            len(self.owned_scenes), c.resolution, c.micro_channels, c.macro_channels, c.num_bases, c.plane_init_std,
-            sparse=c.sparse_scene_gradients, row_seeds=[seed + s for s in self.owned_scenes],
+            len(self.owned_scenes),
+            c.resolution,
+            c.micro_channels,
+            c.macro_channels,
+            c.num_bases,
+            c.plane_init_std,
+            sparse=c.sparse_scene_gradients,
+            row_seeds=[seed + s for s in self.owned_scenes],
         )
         mlp = TriplaneMLP(bank.num_channels, self.output_channels, c.hidden_dim, self.output_range)
         settings = RenderSettings(
@@ -194,7 +198,12 @@ class TriplaneModel(Model):
 
     def get_outputs(self, cameras: Cameras) -> Dict[str, Tensor]:
         out = self.render(cameras)
-        return {"rgb": out["features"], "depth": out["depth"], "accumulation": out["accumulation"], "planes": out["planes"]}
+        return {
+            "rgb": out["features"],
+            "depth": out["depth"],
+            "accumulation": out["accumulation"],
+            "planes": out["planes"],
+        }
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         gt = hwc_to_nchw(batch["image"]).to(self.device)
@@ -243,4 +252,3 @@ def resolve_scene(value: str, names: List[str], where: str = SCENE_ENV) -> int:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise ValueError(f"{where}={value!r} is neither a scene name ({shown}) nor an id in 0..{len(names) - 1}")
     return index
-

@@ -8,19 +8,17 @@ values here and are averaged by :class:`~nerfstudio_3dae.trainer.ShardedOptimize
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Type
 
-import time
-
 import torch
-from PIL import Image
-
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import comms
 from nerfstudio.utils.rich_utils import CONSOLE
+from PIL import Image
 
 from nerfstudio_3dae.accounting import memory_report
 from nerfstudio_3dae.autoencoder import encode_in_batches
@@ -181,9 +179,7 @@ class ThreeDAEPipeline(VanillaPipeline):
             if self.model.uses_cached_latents:
                 self.refresh_latents()
 
-        callbacks.append(
-            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], latents_for_phase)
-        )
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], latents_for_phase))
         if self.model.config.stage == "autoencoder" and attrs.trainer is not None:
             run_dir = attrs.trainer.base_dir
 
@@ -192,9 +188,7 @@ class ThreeDAEPipeline(VanillaPipeline):
                     self.export_autoencoder(run_dir)
 
             callbacks.append(
-                TrainingCallback(
-                    [TrainingCallbackLocation.AFTER_TRAIN_ITERATION], export, self.config.export_every
-                )
+                TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], export, self.config.export_every)
             )
             callbacks.append(
                 TrainingCallback(

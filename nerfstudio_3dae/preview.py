@@ -27,8 +27,9 @@ def tile_test_views(folder: Path, output: Path, views_per_scene: int = 4, gap: i
         if match:
             rows.setdefault(match["scene"], []).append(path)
     if not rows:
-        raise FileNotFoundError(f"no test views named <scene>_<index>.png in {folder} (written by ns-eval "
-                                "--render-output-path)")
+        raise FileNotFoundError(
+            f"no test views named <scene>_<index>.png in {folder} (written by ns-eval --render-output-path)"
+        )
     tiles = [[np.asarray(Image.open(p).convert("RGB")) for p in paths[:views_per_scene]] for paths in rows.values()]
     shapes = {t.shape for row in tiles for t in row}
     if len(shapes) != 1:

@@ -254,9 +254,9 @@ def render_rays(
     density, values = _query(field_fn, origins, directions, t, box_bound)
     if num_fine > 0:
         with torch.no_grad():
-            coarse_w = composite(
-                edges[:, :-1], edges[:, 1:], density.detach(), values.detach(), None, t, backend_used
-            )[3]
+            coarse_w = composite(edges[:, :-1], edges[:, 1:], density.detach(), values.detach(), None, t, backend_used)[
+                3
+            ]
         t_fine = importance_samples(edges, coarse_w, num_fine, deterministic, histogram_padding, backend_used)
         density_f, values_f = _query(field_fn, origins, directions, t_fine.to(t.dtype), box_bound)
         t, order = torch.sort(torch.cat([t, t_fine.to(t.dtype)], dim=-1), dim=-1)

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 import torch
-from torch import Tensor
-
 from nerfstudio.engine.optimizers import OptimizerConfig
+from torch import Tensor
 
 ROW_STEP = "row_step"
 """State key of the per-row step counts (not ``step``: torch's loader special-cases that key)."""
@@ -151,13 +150,14 @@ class RowSparseAdam(torch.optim.Optimizer):
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         row_steps = {i: s.get(ROW_STEP, s.get("step")) for i, s in state_dict["state"].items()}
         stripped = {
-            "state": {i: {k: v for k, v in s.items() if k not in (ROW_STEP, "step")}
-                      for i, s in state_dict["state"].items()},  # fmt: skip
+            "state": {
+                i: {k: v for k, v in s.items() if k not in (ROW_STEP, "step")} for i, s in state_dict["state"].items()
+            },  # fmt: skip
             "param_groups": state_dict["param_groups"],
         }
         super().load_state_dict(stripped)
         params: List[Tensor] = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
+        for saved_id, p in zip(saved_ids, params, strict=True):
             steps = row_steps.get(saved_id)
             if steps is None:
                 continue

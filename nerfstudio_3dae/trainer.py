@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Type
 
 import torch
-from torch.nn import Parameter
-
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import comms, writer
 from nerfstudio.utils.decorators import check_eval_enabled
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch.nn import Parameter
 
 from nerfstudio_3dae.distributed import average_gradients, gather_optimizer_state, own_optimizer_state, scene_shard
 from nerfstudio_3dae.model import SCENE_PARAM_GROUPS
@@ -124,8 +123,13 @@ class ShardedOptimizers(Optimizers):
     for a checkpoint (:meth:`checkpoint_state`) and sliced back to the rank's rows when loaded.
     """
 
-    def __init__(self, config: Dict[str, Any], param_groups: Dict[str, List[Parameter]], scene_groups: Sequence[str],
-                 num_scenes: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Dict[str, Any],
+        param_groups: Dict[str, List[Parameter]],
+        scene_groups: Sequence[str],
+        num_scenes: int,
+    ) -> None:
         super().__init__(config, param_groups)
         self.scene_groups = [g for g in scene_groups if g in self.optimizers]
         self.num_scenes = num_scenes
@@ -182,7 +186,9 @@ class ThreeDAETrainer(Trainer):
 
     def setup_optimizers(self) -> Optimizers:
         return ShardedOptimizers(
-            self.config.optimizers.copy(), self.pipeline.get_param_groups(), SCENE_PARAM_GROUPS,
+            self.config.optimizers.copy(),
+            self.pipeline.get_param_groups(),
+            SCENE_PARAM_GROUPS,
             self.pipeline.model.num_scenes,
         )
 
@@ -194,8 +200,10 @@ class ThreeDAETrainer(Trainer):
 
     def train(self) -> None:
         if self.config.max_num_iterations == 0:
-            CONSOLE.print(f"[bold]nothing to do: the checkpoint is at step {self._start_step - 1}, the run has "
-                          f"{self.total_steps} steps")
+            CONSOLE.print(
+                f"[bold]nothing to do: the checkpoint is at step {self._start_step - 1}, the run has "
+                f"{self.total_steps} steps"
+            )
             return
         self._thread_probe: Optional[ThreadProbe] = None
         if str(self.device).startswith("cpu"):

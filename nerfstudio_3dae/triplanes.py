@@ -57,9 +57,7 @@ def project_to_planes(points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "3 *bs 2"
     - plane 2 (yz): (y, z)  -> column <- world y, row <- world z
     """
     x, y, z = points.unbind(dim=-1)
-    return torch.stack(
-        [torch.stack([x, y], dim=-1), torch.stack([x, z], dim=-1), torch.stack([y, z], dim=-1)], dim=0
-    )
+    return torch.stack([torch.stack([x, y], dim=-1), torch.stack([x, z], dim=-1), torch.stack([y, z], dim=-1)], dim=0)
 
 
 def sample_triplanes(

@@ -13,10 +13,9 @@ from typing import Callable, Tuple
 import numpy as np
 import viser.transforms as vtf
 from jaxtyping import Float
-from torch import Tensor
-
 from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
 from nerfstudio.viewer.viewer_elements import ViewerControl
+from torch import Tensor
 
 
 def viser_pose(camera_to_world: Float[Tensor, "3 4"]) -> Tuple[np.ndarray, np.ndarray]:

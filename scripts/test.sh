@@ -12,5 +12,8 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
 fi
 # The suite's workloads are tiny: one thread each is faster than two fighting over these 2-core machines.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+# The code style (pyproject.toml [tool.ruff]): lint and formatting are checked before any test runs.
+ruff check .
+ruff format --check .
 # pytest exits 5 when it collects no test: that is a failure here, like any other non-zero code.
 exec python -m pytest -q "$@"

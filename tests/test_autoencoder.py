@@ -8,6 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/huggingface_hub read it, 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_test_config
 
 from nerfstudio_3dae.autoencoder import (
     NORMALISER_FILE,
@@ -20,7 +21,6 @@ from nerfstudio_3dae.autoencoder import (
     normalise_latents,
     small_autoencoder_config,
 )
-from conftest import tiny_test_config
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,8 @@ from nerfstudio_3dae.autoencoder_training import (
     reconstruction_psnr,
     train_autoencoder,
 )
-from nerfstudio_3dae.data.layout import read_scene, read_scene_names
 from nerfstudio_3dae.data.images import load_images
+from nerfstudio_3dae.data.layout import read_scene, read_scene_names
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 
 # measured 2026-12-01 on 6 unseen generated cars (seed 424242), 3 views each at 128²: see docs/autoencoder.md
@@ -54,7 +54,7 @@ def test_training_learns_and_resumes_exactly(tmp_path: Path, one_thread):
     assert not (tmp_path / "split" / "autoencoder").exists()
     stopped.max_minutes = 0.0
     again = load_autoencoder(train_autoencoder(stopped, log=lambda s: None))
-    for (name, a), (_, b) in zip(ae.model.state_dict().items(), again.model.state_dict().items()):
+    for (name, a), (_, b) in zip(ae.model.state_dict().items(), again.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), f"{name} differs after a resume"
 
 

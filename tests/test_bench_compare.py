@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from srn_layout import write_srn_cars
 
 from nerfstudio_3dae.bench.compare import (
     PRESETS,
@@ -25,7 +26,6 @@ from nerfstudio_3dae.bench.compare import (
 from nerfstudio_3dae.bench.memory import ParameterCounts, effective_memory
 from nerfstudio_3dae.bench.report import PLOTS, markdown_table
 from nerfstudio_3dae.data.layout import DatasetError
-from srn_layout import write_srn_cars
 
 BIN = Path(sys.executable).parent
 
@@ -77,7 +77,9 @@ def test_cli_compares_on_a_converted_srn_dataset_and_writes_every_output(tmp_pat
 
 def test_overlapping_stage1_and_compared_scenes_are_refused(tiny_dataset, tmp_path):
     root = tiny_dataset(num_scenes=4)
-    with pytest.raises(DatasetError, match=r"--stage1-scenes '0:3' and --scenes '2:4' overlap in 1 scene\(s\): 2 \('obj_002'\)"):
+    with pytest.raises(
+        DatasetError, match=r"--stage1-scenes '0:3' and --scenes '2:4' overlap in 1 scene\(s\): 2 \('obj_002'\)"
+    ):
         run_compare("tiny", tmp_path / "out", data=root, stage1_scenes="0:3", scenes="2:4")
     with pytest.raises(DatasetError, match="give both --stage1-scenes and --scenes"):
         run_compare("tiny", tmp_path / "out", data=root, scenes="2:4")

@@ -13,8 +13,16 @@ from nerfstudio_3dae.data.synth.generate import generate_dataset
 
 def test_sweep_shares_the_latent_phase_and_measures_each_rate(tmp_path: Path, one_thread):
     data = generate_dataset(tmp_path / "data", 2, 5, 16, seed=3, test_views=1, progress=False)
-    result = run_finetune_sweep(data, tmp_path / "out", decoder_lrs=(1e-5, 1e-3), preset="tiny", latent_steps=8,
-                                finetune_steps=4, eval_every=4, log=lambda line: None)
+    result = run_finetune_sweep(
+        data,
+        tmp_path / "out",
+        decoder_lrs=(1e-5, 1e-3),
+        preset="tiny",
+        latent_steps=8,
+        finetune_steps=4,
+        eval_every=4,
+        log=lambda line: None,
+    )
     runs = result["runs"]
     assert [r["decoder_lr"] for r in runs] == [1e-5, 1e-3]
     assert [int(p[0]) for p in runs[0]["curve"]] == [4, 8, 12]

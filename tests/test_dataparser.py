@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ring_poses, write_tiny_scene
 from PIL import Image
 
-from conftest import ring_poses, write_tiny_scene
 from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig, parse_scene_selection
 from nerfstudio_3dae.data.layout import DatasetError, project_points, read_scene
 
@@ -150,8 +150,9 @@ def test_size_not_divisible_by_the_autoencoder_factor(tiny_dataset):
 
 def test_scene_with_no_views(tiny_dataset):
     root = tiny_dataset(num_scenes=2)
-    (root / "obj_001" / "transforms.json").write_text(json.dumps({"fl_x": 1, "cx": 1, "cy": 1, "w": 16, "h": 16,
-                                                                  "frames": []}))
+    (root / "obj_001" / "transforms.json").write_text(
+        json.dumps({"fl_x": 1, "cx": 1, "cy": 1, "w": 16, "h": 16, "frames": []})
+    )
     with pytest.raises(DatasetError, match=r"scene 'obj_001'.*lists no frames"):
         parse(root)
 

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.distributed import (
     average_gradients,
     gather_scene_rows,
@@ -23,7 +24,6 @@ from nerfstudio_3dae.distributed import (
     rows_of,
 )
 from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
-from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.triplanes import TriplaneBank
 
 BIN = Path(sys.executable).parent
@@ -116,7 +116,7 @@ def _assert_same_training(a: Path, b: Path) -> None:
         other = second["pipeline"][key]
         assert value.shape == other.shape, f"{key}: checkpoints hold whole tables whatever the number of processes"
         if value.is_floating_point():
-            torch.testing.assert_close(other, value, rtol=0, atol=TOLERANCE, msg=lambda m: f"{key}: {m}")
+            torch.testing.assert_close(other, value, rtol=0, atol=TOLERANCE, msg=lambda m, key=key: f"{key}: {m}")
     for group, state in first["optimizers"].items():
         for index, entry in state["state"].items():
             for name, value in entry.items():
@@ -138,7 +138,8 @@ def test_two_processes_match_one_and_resume_under_torchrun(tmp_path):
     out = tmp_path / "runs"
     args = ["--vis", "tensorboard", "--max-num-iterations", "20", "--steps-per-save", "10",
             "--save-only-latest-checkpoint", "False", "--logging.steps-per-log", "1",
-            "--steps-per-eval-image", "10000", "--steps-per-eval-all-images", "10000", "--steps-per-eval-batch", "10000",
+            "--steps-per-eval-image", "10000", "--steps-per-eval-all-images", "10000",
+            "--steps-per-eval-batch", "10000",
             "--pipeline.model.resolution", "8", "--pipeline.model.num-bases", "2",
             "--pipeline.model.num-coarse-samples", "8", "--pipeline.model.num-fine-samples", "8",
             "--pipeline.model.random-samples", "False", "--pipeline.datamanager.views-per-scene", "2",

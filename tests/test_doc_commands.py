@@ -4,10 +4,11 @@ Commands are the lines of fenced code blocks whose first word (after ``VAR=value
 ``ns-``; ``\\``-continued lines are joined, ``# comments`` and ``[optional]`` brackets dropped. Each is run as the
 installed console script, in a workspace folder where the relative paths of the docs exist, with paths and sizes
 substituted (:func:`tiny`): ``--num-scenes 100`` makes 4 scenes, ``--scenes 500:1000`` selects 2 of them,
-``--preset paper`` is ``tiny`` (``scaling`` in this process), ``<run>`` is the run an earlier documented command trained, training commands get
-a few steps at R = 8. Data producers (``ns-3dae-synth``, ``ns-3dae-convert``) run first, then stage 1, the other
-trainings, the tools on their runs and the benchmarks, so a command that consumes another's output gets the real
-output. ``ns-viewer`` is started and stopped once it serves. Only :data:`SKIP` is not run, each with its reason.
+``--preset paper`` is ``tiny`` (``scaling`` in this process), ``<run>`` is the run an earlier documented command
+trained, training commands get a few steps at R = 8. Data producers (``ns-3dae-synth``, ``ns-3dae-convert``) run
+first, then stage 1, the other trainings, the tools on their runs and the benchmarks, so a command that consumes
+another's output gets the real output. ``ns-viewer`` is started and stopped once it serves. Only :data:`SKIP` is
+not run, each with its reason.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-import pytest
-
 from conftest import look_at_c2w
 from srn_layout import write_srn_cars
 
@@ -45,7 +44,8 @@ SKIP = {
 """Substring of a command -> why it is not run."""
 
 SCENES = {":": ":", "0:80": "0:2", "80:100": "2:4", "0:500": "0:2", "500:1000": "2:4", "500:506": "2:4",
-          "3,7,9": "0,1,3", "0:4": "0:4", "4:10": "2:4", "0:10": "0:4", "car_0002,car_0009": "car_0002,car_0003"}  # fmt: skip
+          "3,7,9": "0,1,3", "0:4": "0:4", "4:10": "2:4", "0:10": "0:4",
+          "car_0002,car_0009": "car_0002,car_0003"}  # fmt: skip
 """``--scenes`` of the docs -> the same kind of selection of the workspace's 4 scenes."""
 STAGE1_SCENES = {"0:4": "0:2"}
 """``--stage1-scenes`` of the docs (disjoint from the mapped ``--scenes``)."""
@@ -65,6 +65,11 @@ TINY_TRAIN = ["--max-num-iterations", str(TRAIN_STEPS), "--vis", "tensorboard", 
 TINY_METHOD = {"3dae-autoencoder": ["--pipeline.model.warmup-steps", "2"],
                "3dae-latent": ["--pipeline.model.finetune-start", "2"]}  # fmt: skip
 SYNTH_SIZES = {"--num-scenes": "4", "--views-per-scene": "6", "--resolution": "16", "--test-views": "1"}
+AE_TRAINING = {"--cars": "2", "--chairs": "1", "--tables": "0", "--holdout-cars": "1", "--views-per-scene": "2",
+               "--holdout-views": "1", "--resolution": "16", "--crop": "8", "--steps": "3", "--warmup-steps": "1",
+               "--full-image-steps": "1", "--eval-every": "3", "--save-every": "3", "--workers": "1"}  # fmt: skip
+"""ns-3dae-train-autoencoder on a corpus of 3 tiny scenes for 3 steps."""
+FINETUNE_STEPS = {"--latent-steps": "4", "--finetune-steps": "2", "--eval-every": "2"}
 
 
 @dataclass
@@ -123,7 +128,7 @@ def tiny(command: DocCommand) -> DocCommand:
     for word in command.argv:
         word = WORDS.get(word, word)
         for old, new in PATHS.items():
-            word = new + word[len(old):] if word.startswith(old) else word
+            word = new + word[len(old) :] if word.startswith(old) else word
         word = re.sub(r"(outputs/[^/]+/[^/]+/)<(run|timestamp)>", r"\1run", word)  # a run folder: timestamp 'run'
         word = word.replace("<run>", "outputs/cars/3dae-latent/run")  # a bare <run>: the last 3dae-latent run
         word = re.sub(r"^tcp://HOST0:\d+$", f"tcp://127.0.0.1:{_free_port()}", word)
@@ -145,10 +150,16 @@ def tiny(command: DocCommand) -> DocCommand:
     elif tool == "ns-3dae-synth" and "--help" not in argv:
         for option, value in SYNTH_SIZES.items():
             _set(argv, option, value)
+    elif tool == "ns-3dae-train-autoencoder" and "--help" not in argv:
+        for option, value in AE_TRAINING.items():
+            _set(argv, option, value)
     elif tool == "ns-3dae-bench":
         _set(argv, "--preset", "tiny")
         if argv[1] == "compare":
             _set(argv, "--threads", "1")
+        if argv[1] == "finetune":
+            for option, value in FINETUNE_STEPS.items():
+                _set(argv, option, value)
         elif argv[1] == "scaling" and "--fresh-process" not in argv:  # 6 Python start-ups: test_bench_scaling's
             argv.append("--no-fresh-process")
     elif tool == "ns-viewer":
@@ -218,14 +229,14 @@ def _run_batch(commands: List[DocCommand], work: Path, env: Dict[str, str], scra
     spec, results_file = scratch / "commands.json", scratch / "results.json"
     spec.write_text(json.dumps([{"argv": c.argv, "env": c.env} for c in commands]))
     results_file.unlink(missing_ok=True)
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("doc_runner.py")), str(spec), str(results_file)],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    runner = [sys.executable, str(Path(__file__).with_name("doc_runner.py")), str(spec), str(results_file)]
+    proc = subprocess.run(runner, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     results = json.loads(results_file.read_text()) if results_file.exists() else []
     assert proc.returncode == 0 and len(results) == len(commands), (
         f"the command runner stopped after {len(results)} of {len(commands)} commands:\n{proc.stdout[-3000:]}\n"
         f"{proc.stderr[-3000:]}")  # fmt: skip
     failures = []
-    for command, result in zip(commands, results):
+    for command, result in zip(commands, results, strict=True):
         print(f"{result['seconds']:6.1f} s  {command.where}  {shlex.join(command.argv)}")
         if result["code"] != 0:
             failures.append(f"{command.where}: {command.text}\n  ran as: {shlex.join(command.argv)}\n  exit code "

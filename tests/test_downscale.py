@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import look_at_c2w
 from PIL import Image
 
-from conftest import look_at_c2w
 from nerfstudio_3dae.data.dataparser import ScenesDataParserConfig
 from nerfstudio_3dae.data.layout import DatasetError, Intrinsics, write_scene, write_scenes_index
 
@@ -72,7 +72,10 @@ def test_downscaled_cameras_project_a_known_point_into_its_pixel(tmp_path):
 def test_the_cache_is_written_once_and_refreshed_when_the_source_changes(tmp_path):
     root = tmp_path / "data"
     _write_marker_scene(root)
-    parse = lambda: ScenesDataParserConfig(data=root, downscale_factor=2, image_multiple=8).setup().get_dataparser_outputs()  # noqa: E731
+
+    def parse():
+        return ScenesDataParserConfig(data=root, downscale_factor=2, image_multiple=8).setup().get_dataparser_outputs()
+
     cached = parse().image_filenames[0]
     first = cached.stat().st_mtime_ns
     parse()

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER
-from nerfstudio_3dae.method_configs import latent_method
 from nerfstudio_3dae.data.synth.generate import generate_dataset
+from nerfstudio_3dae.method_configs import latent_method
 
 STEPS = 360
 FINETUNE_FROM = 300
@@ -37,8 +36,10 @@ def test_decoded_psnr_rises_on_generated_cars(tmp_path: Path, one_thread):
     trainer.train()
     after = trainer.pipeline.get_average_eval_image_metrics(step=STEPS)
 
-    print(f"decoded test PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB, latent PSNR "
-          f"{before['latent_psnr']:.2f} -> {after['latent_psnr']:.2f} dB, autoencoder {after['autoencoded_psnr']:.2f} dB")
+    print(
+        f"decoded test PSNR {before['psnr']:.2f} -> {after['psnr']:.2f} dB, latent PSNR "
+        f"{before['latent_psnr']:.2f} -> {after['latent_psnr']:.2f} dB, autoencoder {after['autoencoded_psnr']:.2f} dB"
+    )
     assert after["psnr"] >= MIN_PSNR
     assert after["psnr"] >= before["psnr"] + MIN_GAIN
     assert after["latent_psnr"] > before["latent_psnr"] + MIN_GAIN

@@ -13,8 +13,8 @@ import torch
 
 from nerfstudio_3dae.autoencoder import load_autoencoder
 from nerfstudio_3dae.autoencoder_source import BASES_FILE, RUN_EXPORT
-from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
 from nerfstudio_3dae.data.synth.generate import generate_dataset
+from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
 
 BIN = Path(sys.executable).parent
 TINY = [
@@ -71,8 +71,14 @@ def test_stage1_feeds_stage2_and_latents_are_cached(data, tmp_path):
     assert bases.shape == (2, 3, 4, 8, 8)
 
     # the stage-1 run named once (as in the README): its bases come with its autoencoder
-    args = ["--pipeline.model.autoencoder", stage1,
-            "--pipeline.model.finetune-start", "8", "--pipeline.datamanager.latent-cache-dir", tmp_path / "cache"]
+    args = [
+        "--pipeline.model.autoencoder",
+        stage1,
+        "--pipeline.model.finetune-start",
+        "8",
+        "--pipeline.datamanager.latent-cache-dir",
+        tmp_path / "cache",
+    ]
     stage2, log = train("3dae-latent", data, tmp_path / "s2", 12, *args)
     assert "encoding" in log and checkpoints(stage2) == ["step-000000011.ckpt"]
     said = "".join(log.split())  # rich wraps long lines

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_pipeline, tiny_test_config
+
 from nerfstudio_3dae.autoencoder import NormaliserConfig, build_autoencoder
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
 from nerfstudio_3dae.latent_model import latent_range
@@ -19,7 +19,10 @@ from nerfstudio_3dae.method_configs import latent_method, rgb_method
 from nerfstudio_3dae.model import SCENE_ENV
 from nerfstudio_3dae.scripts import render as render_script
 
-def tiny_autoencoder_folder(folder: Path, normaliser: NormaliserConfig = NormaliserConfig("tanh", 0.5)) -> Path:
+TANH_HALF = NormaliserConfig("tanh", 0.5)
+
+
+def tiny_autoencoder_folder(folder: Path, normaliser: NormaliserConfig = TANH_HALF) -> Path:
     return build_autoencoder(tiny_test_config("kl"), normaliser=normaliser, seed=0).save(folder)
 
 

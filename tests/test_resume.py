@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
 from nerfstudio_3dae.data.synth.generate import generate_dataset
+from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
 from nerfstudio_3dae.trainer import atomic_torch_save
 
 BIN = Path(sys.executable).parent

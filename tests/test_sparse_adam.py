@@ -8,11 +8,10 @@ from typing import Callable, Dict, List, Sequence
 
 import pytest
 import torch
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
 from nerfstudio_3dae.sparse_adam import ROW_STEP, RowSparseAdam, RowSparseAdamOptimizerConfig
@@ -208,7 +207,7 @@ def test_sparse_bank_training_matches_dense_gradients() -> None:
     opts = [_sparse_optimizers(b) for b in banks]
     for step in range(5):
         ids = torch.tensor([step % 5, (step + 2) % 5])
-        for bank, opt in zip(banks, opts):
+        for bank, opt in zip(banks, opts, strict=True):
             _train_step(bank, opt, ids)
     for name, param in banks[0].named_parameters():
         torch.testing.assert_close(param, dict(banks[1].named_parameters())[name], atol=1e-6, rtol=0)

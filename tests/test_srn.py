@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import look_at_c2w
 from PIL import Image
 
-from conftest import look_at_c2w
 from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
 from nerfstudio_3dae.data.layout import DatasetError, read_scene_names
 from nerfstudio_3dae.data.srn import OPENCV_TO_OPENGL, convert_srn

@@ -69,8 +69,10 @@ def test_output_parses_back_with_splits_and_sizes(car_dataset: Path):
 def test_scenes_differ(car_dataset: Path):
     images = [np.asarray(Image.open(car_dataset / f"car_{i:04d}" / "images" / "0000.png")) for i in range(SCENES)]
     assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[1], images[2])
-    params = [json.loads((car_dataset / f"car_{i:04d}" / "transforms.json").read_text())["synth"]["object"]
-              for i in range(SCENES)]
+    params = [
+        json.loads((car_dataset / f"car_{i:04d}" / "transforms.json").read_text())["synth"]["object"]
+        for i in range(SCENES)
+    ]
     assert params[0]["length"] != params[1]["length"] and params[0]["paint"] != params[1]["paint"]
 
 
@@ -111,7 +113,12 @@ def test_projection_matches_nerfstudio_cameras(category: str, tmp_path: Path):
         intr = view.intrinsics
         cams = Cameras(
             camera_to_worlds=torch.tensor(view.camera_to_world[:3, :4], dtype=torch.float32)[None],
-            fx=intr.fx, fy=intr.fy, cx=intr.cx, cy=intr.cy, width=intr.width, height=intr.height,
+            fx=intr.fx,
+            fy=intr.fy,
+            cx=intr.cx,
+            cy=intr.cy,
+            width=intr.width,
+            height=intr.height,
             camera_type=CameraType.PERSPECTIVE,
         )
         rows, cols = np.nonzero(render.hit[v])  # pixel (col=u, row=v) indices of hits
@@ -168,12 +175,35 @@ def _console_script() -> list:
 def test_cli_help_and_tiny_run(tmp_path: Path):
     env = {**os.environ, "COLUMNS": "120"}
     out = subprocess.run(_console_script() + ["--help"], capture_output=True, text=True, env=env, check=True)
-    for option in ("--output", "--num-scenes", "--views-per-scene", "--resolution", "--seed", "--category",
-                   "--test-views", "--workers", "--overwrite"):
+    for option in (
+        "--output",
+        "--num-scenes",
+        "--views-per-scene",
+        "--resolution",
+        "--seed",
+        "--category",
+        "--test-views",
+        "--workers",
+        "--overwrite",
+    ):
         assert option in out.stdout
     root = tmp_path / "cli"
-    args = ["--output", str(root), "--num-scenes", "2", "--views-per-scene", "3", "--resolution", "16",
-            "--test-views", "1", "--category", "chair", "--workers", "1"]
+    args = [
+        "--output",
+        str(root),
+        "--num-scenes",
+        "2",
+        "--views-per-scene",
+        "3",
+        "--resolution",
+        "16",
+        "--test-views",
+        "1",
+        "--category",
+        "chair",
+        "--workers",
+        "1",
+    ]
     run = subprocess.run(_console_script() + args, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
     assert "Wrote 2 chair scenes" in run.stdout

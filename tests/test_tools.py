@@ -14,9 +14,9 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+from conftest import look_at_c2w
 from PIL import Image
 
-from conftest import look_at_c2w
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.preview import tile_test_views
 
@@ -77,8 +77,19 @@ def test_ns_render_modes_and_scene_choice(trained, tmp_path):
     (tmp_path / "path.json").write_text(json.dumps(path))
     images = {}
     for scene in ("car_0000", "car_0001"):
-        run("ns-render", "camera-path", "--load-config", trained, "--camera-path-filename", tmp_path / "path.json",
-            "--output-path", tmp_path / scene, "--output-format", "images", env_extra={"NS3DAE_SCENE": scene})
+        run(
+            "ns-render",
+            "camera-path",
+            "--load-config",
+            trained,
+            "--camera-path-filename",
+            tmp_path / "path.json",
+            "--output-path",
+            tmp_path / scene,
+            "--output-format",
+            "images",
+            env_extra={"NS3DAE_SCENE": scene},
+        )
         (first,) = sorted((tmp_path / scene).glob("00000.*"))
         images[scene] = np.asarray(Image.open(first))
         assert images[scene].shape[:2] == (40, 56), "any width x height, not only multiples of 8"

@@ -78,8 +78,11 @@ def test_each_plane_sees_exactly_its_two_coordinates() -> None:
     res = 6
     centres = texel_centres(res)
     grid = torch.stack(torch.meshgrid(centres, centres, centres, indexing="ij"), dim=-1).reshape(1, -1, 3)
-    ix, iy, iz = (torch.arange(res).repeat_interleave(res * res), torch.arange(res).repeat_interleave(res).repeat(res),
-                  torch.arange(res).repeat(res * res))  # texel index of each grid point along x, y, z
+    ix, iy, iz = (
+        torch.arange(res).repeat_interleave(res * res),
+        torch.arange(res).repeat_interleave(res).repeat(res),
+        torch.arange(res).repeat(res * res),
+    )  # texel index of each grid point along x, y, z
     row, col = 1, 4  # asymmetric, so a swapped axis is caught
     # plane p: (column axis, row axis) = which world coordinate indexes the width / height
     expected_axes = {0: (ix, iy), 1: (ix, iz), 2: (iy, iz)}
@@ -125,9 +128,7 @@ def test_bank_returns_requested_scenes_and_grads_only_reach_them(sparse: bool) -
     assert bank.bases.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(
-    "c_mic,c_mac,num_bases,channels", [(4, 0, 5, 4), (4, 3, 0, 4), (0, 3, 2, 3), (2, 3, 2, 5)]
-)
+@pytest.mark.parametrize("c_mic,c_mac,num_bases,channels", [(4, 0, 5, 4), (4, 3, 0, 4), (0, 3, 2, 3), (2, 3, 2, 5)])
 def test_bank_micro_only_and_macro_only(c_mic: int, c_mac: int, num_bases: int, channels: int) -> None:
     bank = TriplaneBank(num_scenes=3, resolution=4, micro_channels=c_mic, macro_channels=c_mac, num_bases=num_bases)
     assert bank.num_channels == channels

@@ -1,5 +1,6 @@
 """ns-viewer on a tiny 3dae run, driven in a real headless Chromium (Playwright): the page connects, a rendered frame
-arrives, it shows the object from the camera the viewer starts at, and the model's "Scene" picker (Custom Elements) switches the rendered scene.
+arrives, it shows the object from the camera the viewer starts at, and the model's "Scene" picker (Custom Elements)
+switches the rendered scene.
 
 Needs Debian's Chromium (/usr/bin/chromium, or $NS3DAE_CHROMIUM) and the Python package ``playwright`` (its wheel
 bundles the driver; no browser download: ``playwright install`` is never used). Skips, with the reason, without them.
@@ -297,7 +298,10 @@ def test_viewer_renders_the_object_and_switches_scenes(viewer, page, tmp_path):
     # the model's scene picker: another car, another picture, from the same camera
     _pick(page, "Scene", "car_0001")
     other = _wait_for_frame(
-        page, clip, lambda f: np.abs(f - rgb).mean() > 2 and 0.01 < _non_white(f).mean() < 0.6, "car_0001 frame",
+        page,
+        clip,
+        lambda f: np.abs(f - rgb).mean() > 2 and 0.01 < _non_white(f).mean() < 0.6,
+        "car_0001 frame",
         tmp_path,
     )
     _save(page, tmp_path, "viewer-rgb-car_0001.png")

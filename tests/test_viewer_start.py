@@ -7,12 +7,11 @@ import contextlib
 import numpy as np
 import torch
 import viser.transforms as vtf
-
+from conftest import look_at_c2w, tiny_pipeline
 from nerfstudio.viewer.utils import parse_object
 from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
 from nerfstudio.viewer.viewer_elements import ViewerControl
 
-from conftest import look_at_c2w, tiny_pipeline
 from nerfstudio_3dae.method_configs import rgb_method
 from nerfstudio_3dae.viewer_start import StartAtTrainingCamera, viser_pose
 

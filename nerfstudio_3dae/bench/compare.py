@@ -39,7 +39,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 from nerfstudio_3dae.accounting import memory_report
@@ -159,8 +158,9 @@ def _render_time(pipeline, size: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def train_and_measure(config, preset: ComparePreset, on_eval: Optional[Callable[[str, int, float, float], None]] = None
-                      ) -> MethodRun:  # fmt: skip
+def train_and_measure(
+    config, preset: ComparePreset, on_eval: Optional[Callable[[str, int, float, float], None]] = None
+) -> MethodRun:
     """Set up ``config`` and train it step by step, timing set-up and steps, evaluating every ``eval_every``."""
     _seed(config.machine.seed)
     start = time.perf_counter()
@@ -180,7 +180,7 @@ def train_and_measure(config, preset: ComparePreset, on_eval: Optional[Callable[
         for callback in trainer.callbacks:
             callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
         if step == 0:
-            activation = saved_activation_bytes(lambda: trainer.train_iteration(step)) / preset.scenes_per_step
+            activation = saved_activation_bytes(lambda: trainer.train_iteration(0)) / preset.scenes_per_step
         else:
             trainer.train_iteration(step)
         for callback in trainer.callbacks:
@@ -195,8 +195,18 @@ def train_and_measure(config, preset: ComparePreset, on_eval: Optional[Callable[
             if on_eval is not None:
                 on_eval(config.method_name, step + 1, clock, float(metrics["psnr"]))
     render_s = _render_time(pipeline, preset.render_size, preset.render_repeats)
-    return MethodRun(curve, setup_s, phase_s, per_scene, shared, activation, render_s, str(trainer.base_dir),
-                     metrics.get("autoencoded_psnr"), parameter_counts(model))  # fmt: skip
+    return MethodRun(
+        curve,
+        setup_s,
+        phase_s,
+        per_scene,
+        shared,
+        activation,
+        render_s,
+        str(trainer.base_dir),
+        metrics.get("autoencoded_psnr"),
+        parameter_counts(model),
+    )
 
 
 def time_to_reach(curve: List[Tuple[int, float, float, float]], target: float) -> Optional[float]:
@@ -204,9 +214,18 @@ def time_to_reach(curve: List[Tuple[int, float, float, float]], target: float) -
     return next((seconds for _, seconds, psnr, _ in curve if psnr >= target), None)
 
 
-def summarise(preset_name: str, preset: ComparePreset, stage1_s: float, rgb: MethodRun, latent: MethodRun,
-              device: str, target_margin_db: float, num_scenes: Optional[int] = None,
-              ablation: Optional[MethodRun] = None, source: Optional[Dict] = None) -> Dict:  # fmt: skip
+def summarise(
+    preset_name: str,
+    preset: ComparePreset,
+    stage1_s: float,
+    rgb: MethodRun,
+    latent: MethodRun,
+    device: str,
+    target_margin_db: float,
+    num_scenes: Optional[int] = None,
+    ablation: Optional[MethodRun] = None,
+    source: Optional[Dict] = None,
+) -> Dict:
     """The compare.json figures (``num_scenes``: N, the preset's by default; ``ablation``: the micro/macro bank in
     RGB, a third run; ``source``: where the scenes came from)."""
     n = num_scenes or preset.scenes
@@ -240,7 +259,10 @@ def summarise(preset_name: str, preset: ComparePreset, stage1_s: float, rgb: Met
         "bytes_per_scene": {"rgb": rgb.bytes_per_scene, "latent": latent.bytes_per_scene},
         "shared_bytes": {"rgb": rgb.shared_bytes, "latent": latent.shared_bytes},
         "activation_memory_ratio": rgb.activation_bytes_per_scene / latent.activation_bytes_per_scene,
-        "activation_bytes_per_scene": {"rgb": rgb.activation_bytes_per_scene, "latent": latent.activation_bytes_per_scene},
+        "activation_bytes_per_scene": {
+            "rgb": rgb.activation_bytes_per_scene,
+            "latent": latent.activation_bytes_per_scene,
+        },
         "render_ratio": rgb.render_s / latent.render_s,
         "render_time_s": {"rgb": rgb.render_s, "latent": latent.render_s, "size": preset.render_size},
         "psnr_rgb": psnr_rgb,
@@ -251,8 +273,11 @@ def summarise(preset_name: str, preset: ComparePreset, stage1_s: float, rgb: Met
         "ssim_latent": ssim_latent,
         "stage1_time_s": stage1_s,
         "effective_time_per_scene_s": {
-            str(k): {"rgb": rgb_per_scene, "latent": None if latent_per_scene is None else latent_per_scene + stage1_s / k,
-                     "latent_full_schedule": latent_full + stage1_s / k}
+            str(k): {
+                "rgb": rgb_per_scene,
+                "latent": None if latent_per_scene is None else latent_per_scene + stage1_s / k,
+                "latent_full_schedule": latent_full + stage1_s / k,
+            }
             for k in counts
         },  # fmt: skip
         "profile_s": {
@@ -305,10 +330,19 @@ def select_scenes(data: Path, stage1_scenes: Optional[str], scenes: Optional[str
     return first, second
 
 
-def run_compare(preset_name: str, output: Path, autoencoder: str = "embedded", target_margin_db: float = 0.5,
-                seed: int = 0, log: Callable[[str], None] = print, data: Optional[Path] = None,
-                stage1_scenes: Optional[str] = None, scenes: Optional[str] = None, downscale_factor: int = 1,
-                ablation: bool = False) -> Dict:  # fmt: skip
+def run_compare(
+    preset_name: str,
+    output: Path,
+    autoencoder: str = "embedded",
+    target_margin_db: float = 0.5,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    data: Optional[Path] = None,
+    stage1_scenes: Optional[str] = None,
+    scenes: Optional[str] = None,
+    downscale_factor: int = 1,
+    ablation: bool = False,
+) -> Dict:
     """Get the data (``data`` with two disjoint selections, or generated scenes), run stage 1, the RGB and the
     latent method (and, with ``ablation``, the micro/macro bank in RGB), and return the figures."""
     preset = PRESETS[preset_name]
@@ -325,13 +359,19 @@ def run_compare(preset_name: str, output: Path, autoencoder: str = "embedded", t
                   "downscale_factor": downscale_factor}  # fmt: skip
     else:
         if stage1_scenes or scenes:
-            raise DatasetError("--stage1-scenes and --scenes select scenes of --data; without --data the scenes are generated")
+            raise DatasetError(
+                "--stage1-scenes and --scenes select scenes of --data; without --data the scenes are generated"
+            )
         workers = min(os.cpu_count() or 1, 8) if preset.scenes >= 100 else 1
         common = dict(test_views=preset.test_views, workers=workers, progress=False, overwrite=True)
-        data1 = Selection(generate_dataset(output / "data" / "stage1", preset.stage1_scenes, preset.views_per_scene,
-                                           preset.image_size, seed=seed + 1000, **common), ":", downscale_factor)  # fmt: skip
-        compared = Selection(generate_dataset(output / "data" / "scenes", preset.scenes, preset.views_per_scene,
-                                              preset.image_size, seed=seed, **common), ":", downscale_factor)  # fmt: skip
+
+        def generated(name: str, count: int, data_seed: int) -> Selection:
+            path = output / "data" / name
+            path = generate_dataset(path, count, preset.views_per_scene, preset.image_size, seed=data_seed, **common)
+            return Selection(path, ":", downscale_factor)
+
+        data1 = generated("stage1", preset.stage1_scenes, seed + 1000)
+        compared = generated("scenes", preset.scenes, seed)
         n1, n, source = preset.stage1_scenes, preset.scenes, None
     runs = output / "runs"
 

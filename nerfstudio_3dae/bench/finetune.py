@@ -48,15 +48,17 @@ def run_finetune_sweep(
     """Train ``3dae-latent`` for every (autoencoder, decoder learning rate) pair; returns and writes the results."""
     if latent_steps < 1 or finetune_steps < 0 or eval_every < 1:
         raise ValueError("--latent-steps must be >= 1, --finetune-steps >= 0 and --eval-every >= 1")
-    sizes = dataclasses.replace(PRESETS[preset], latent_steps=latent_steps + finetune_steps,
-                                finetune_start=latent_steps, eval_every=eval_every)
+    sizes = dataclasses.replace(
+        PRESETS[preset], latent_steps=latent_steps + finetune_steps, finetune_start=latent_steps, eval_every=eval_every
+    )
     output = Path(output)
     rows: List[FinetuneRow] = []
     for k, source in enumerate(autoencoders):
         for lr in decoder_lrs:
             name = f"ae{k}-lr{lr:g}"
-            config = _configure(latent_method(), Selection(Path(data), scenes), output / "runs", sizes,
-                                sizes.latent_steps, name)
+            config = _configure(
+                latent_method(), Selection(Path(data), scenes), output / "runs", sizes, sizes.latent_steps, name
+            )
             config.pipeline.model.autoencoder = source
             config.pipeline.model.finetune_start = latent_steps
             config.optimizers["decoder"]["optimizer"].lr = lr

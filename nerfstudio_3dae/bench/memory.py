@@ -64,7 +64,7 @@ def effective_memory(rgb: ParameterCounts, latent: ParameterCounts, counts: Sequ
     for label, adam in (("params", False), ("with_adam", True)):
         r = [rgb.effective(n, adam) for n in counts]
         lat = [latent.effective(n, adam) for n in counts]
-        curve[label] = {"rgb": r, "latent": lat, "ratio": [a / b for a, b in zip(r, lat)]}
+        curve[label] = {"rgb": r, "latent": lat, "ratio": [a / b for a, b in zip(r, lat, strict=True)]}
     at = counts.index(REFERENCE_N)
     return {
         "counts": counts,

@@ -30,8 +30,12 @@ def _margin_db(result: Dict) -> float:
 def markdown_table(result: Dict) -> str:
     """The figures as markdown: the ratios against their targets, then both methods side by side."""
     kib = lambda b: f"{b / 1024:,.1f} KiB"  # noqa: E731
-    t, b, a, r = (result["time_per_scene_s"], result["bytes_per_scene"], result["activation_bytes_per_scene"],
-                  result["render_time_s"])  # fmt: skip
+    t, b, a, r = (
+        result["time_per_scene_s"],
+        result["bytes_per_scene"],
+        result["activation_bytes_per_scene"],
+        result["render_time_s"],
+    )
     lines: List[str] = [
         f"**ns-3dae-bench compare**, preset `{result['preset']}` on {result['device']} "
         f"({result['settings']['scenes']} scenes, {result['settings']['image_size']}² images, "
@@ -76,16 +80,20 @@ def markdown_table(result: Dict) -> str:
         "|---|---|---|---|",
     ]
     for n, row in result["effective_time_per_scene_s"].items():
-        lines.append(f"| {n} | {_num(row['rgb'], '{:.1f} s')} | {_num(row['latent'], '{:.1f} s')} | "
-                     f"{row['latent_full_schedule']:.1f} s |")  # fmt: skip
+        lines.append(
+            f"| {n} | {_num(row['rgb'], '{:.1f} s')} | {_num(row['latent'], '{:.1f} s')} | "
+            f"{row['latent_full_schedule']:.1f} s |"
+        )
     memory = result.get("effective_memory")
     if memory is not None:
         lines += ["", "Effective parameters per scene (own + shared / N; with Adam state in brackets):", "",
                   "| N | 3dae-rgb | 3dae-latent | ratio |", "|---|---|---|---|"]  # fmt: skip
         p, a = memory["params"], memory["with_adam"]
         for i, n in enumerate(memory["counts"]):
-            lines.append(f"| {n} | {p['rgb'][i]:,.0f} ({a['rgb'][i]:,.0f}) | {p['latent'][i]:,.0f} "
-                         f"({a['latent'][i]:,.0f}) | {p['ratio'][i]:.2f} ({a['ratio'][i]:.2f}) |")  # fmt: skip
+            lines.append(
+                f"| {n} | {p['rgb'][i]:,.0f} ({a['rgb'][i]:,.0f}) | {p['latent'][i]:,.0f} "
+                f"({a['latent'][i]:,.0f}) | {p['ratio'][i]:.2f} ({a['ratio'][i]:.2f}) |"
+            )
     ablation = result.get("ablation")
     if ablation is not None:
         lines += ["", f"Ablation, {ablation['method']}:", "",
@@ -95,7 +103,8 @@ def markdown_table(result: Dict) -> str:
                   f"(×{ablation['memory_ratio']:.2f} the latent method's) |",
                   f"| time per scene to {result['psnr_target']:.2f} dB | "
                   f"{_num(ablation['time_per_scene_s'], '{:.1f} s')} |",
-                  f"| render one {r['size']}² view | ×{ablation['render_ratio']:.2f} the latent method's time |"]  # fmt: skip
+                  f"| render one {r['size']}² view | ×{ablation['render_ratio']:.2f} "
+                  "the latent method's time |"]  # fmt: skip
     lines += ["", "Where the time goes (seconds on the clock):", "", "| method | part | seconds |", "|---|---|---|"]
     for method, parts in result["profile_s"].items():
         lines += [f"| {method} | {part} | {seconds:.1f} |" for part, seconds in parts.items()]
@@ -117,9 +126,17 @@ def plot(result: Dict, folder: Path) -> List[Path]:
         ax.plot([c[1] for c in curve], [c[2] for c in curve], "o-", color=colour, ms=3, label=f"3dae-{method}")
     if result.get("ablation"):
         curve = result["ablation"]["curve"]
-        ax.plot([c[1] for c in curve], [c[2] for c in curve], "^--", color="tab:green", ms=3,
-                label="3dae-rgb, micro/macro bank (ablation)")  # fmt: skip
-    ax.axhline(result["psnr_target"], color="grey", ls="--", lw=1, label=f"target (RGB final − {_margin_db(result):g} dB)")
+        ax.plot(
+            [c[1] for c in curve],
+            [c[2] for c in curve],
+            "^--",
+            color="tab:green",
+            ms=3,
+            label="3dae-rgb, micro/macro bank (ablation)",
+        )
+    ax.axhline(
+        result["psnr_target"], color="grey", ls="--", lw=1, label=f"target (RGB final − {_margin_db(result):g} dB)"
+    )
     ax.set_xlabel("training time on the clock (s, all scenes)")
     ax.set_ylabel("test PSNR (dB, RGB)")
     ax.set_title(f"PSNR vs time, {result['settings']['scenes']} scenes ({result['device']})")
@@ -138,8 +155,14 @@ def plot(result: Dict, folder: Path) -> List[Path]:
     latent = [rows[str(n)]["latent"] for n in counts]
     if all(v is not None for v in latent):
         ax.plot(counts, latent, "o-", color="tab:orange", label="3dae-latent + stage 1 / N (to target)")
-    ax.plot(counts, [rows[str(n)]["latent_full_schedule"] for n in counts], "s--", color="tab:orange", alpha=0.6,
-            label="3dae-latent + stage 1 / N (whole schedule)")  # fmt: skip
+    ax.plot(
+        counts,
+        [rows[str(n)]["latent_full_schedule"] for n in counts],
+        "s--",
+        color="tab:orange",
+        alpha=0.6,
+        label="3dae-latent + stage 1 / N (whole schedule)",
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("N scenes sharing stage 1")

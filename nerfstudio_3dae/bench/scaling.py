@@ -115,9 +115,14 @@ def _cameras(count: int, size: int, device: str) -> Cameras:
     c2w = torch.as_tensor(rig.camera_to_world[:, :3, :], dtype=torch.float32)
     ones = torch.ones(count, 1)
     return Cameras(
-        camera_to_worlds=c2w, fx=k.fx * ones, fy=k.fy * ones, cx=k.cx * ones, cy=k.cy * ones,
-        width=torch.full((count, 1), size), height=torch.full((count, 1), size),
-    ).to(device)  # fmt: skip
+        camera_to_worlds=c2w,
+        fx=k.fx * ones,
+        fy=k.fy * ones,
+        cx=k.cx * ones,
+        cy=k.cy * ones,
+        width=torch.full((count, 1), size),
+        height=torch.full((count, 1), size),
+    ).to(device)
 
 
 PHASES = ("forward", "backward", "optimizer")
@@ -133,8 +138,9 @@ def build_step(
         raise ValueError(f"a batch of {preset.batch_scenes} scenes needs at least as many scenes, got {num_scenes}")
     p = preset
     torch.manual_seed(0)
-    bank = TriplaneBank(num_scenes, p.resolution, p.micro_channels, p.macro_channels, p.num_bases, 0.1,
-                        sparse=mode == "sparse").to(device)  # fmt: skip
+    bank = TriplaneBank(
+        num_scenes, p.resolution, p.micro_channels, p.macro_channels, p.num_bases, 0.1, sparse=mode == "sparse"
+    ).to(device)
     mlp = TriplaneMLP(bank.num_channels, p.latent_channels, p.hidden_dim, (-1.0, 1.0)).to(device)
     settings = RenderSettings(0.5, 2.1, p.num_coarse, p.num_fine, 1.0, "auto" if device == "cuda" else "torch")
     field = TriplaneField(bank, mlp, settings)
@@ -325,10 +331,15 @@ def run_scaling(
         "benchmark": "scaling",
         "preset": config.preset,
         "device": describe_device(device, config.threads),
-        "settings": {**asdict(preset), **asdict(options), "fresh_process": config.fresh_process,
-                     "repeats": config.repeats,
-                     "torch": torch.__version__, "load_average_before": load_before,
-                     "load_average_after": os.getloadavg()},  # fmt: skip
+        "settings": {
+            **asdict(preset),
+            **asdict(options),
+            "fresh_process": config.fresh_process,
+            "repeats": config.repeats,
+            "torch": torch.__version__,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        },  # fmt: skip
         "scene_counts": list(preset.scene_counts),
         **sparse,
         "dense": dense,

@@ -1,1 +1,2 @@
-"""Multi-scene data: the on-disk layout, the procedural generator, the SRN converter and the ``3dae-scenes`` dataparser."""
+"""Multi-scene data: the on-disk layout, the procedural generator, the SRN converter and the ``3dae-scenes``
+dataparser."""

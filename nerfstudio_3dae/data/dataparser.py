@@ -18,13 +18,11 @@ from typing import Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
-
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserConfig, DataparserOutputs
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
-from nerfstudio_3dae.distributed import owned_scenes, scene_shard
 from nerfstudio_3dae.data.images import downscale_image, downscaled_path
 from nerfstudio_3dae.data.layout import (
     DatasetError,
@@ -35,6 +33,7 @@ from nerfstudio_3dae.data.layout import (
     read_scene,
     read_scene_names,
 )
+from nerfstudio_3dae.distributed import owned_scenes, scene_shard
 
 SCENE_ID = "scene_id"
 """Key of the per-camera scene id in ``Cameras.metadata`` ([num_cameras, 1] long)."""
@@ -128,7 +127,9 @@ class ScenesDataParser(DataParser):
             factor = self.config.downscale_factor
             if factor < 1:
                 raise DatasetError(f"{self.config.data}: downscale_factor must be >= 1, got {factor}")
-            scenes = {s: read_scene(self.config.data, names[selection[s]]) for s in owned_scenes(len(selection), rank, world)}
+            scenes = {
+                s: read_scene(self.config.data, names[selection[s]]) for s in owned_scenes(len(selection), rank, world)
+            }
             if factor > 1:  # resize once into the cache; the views then point at the small copies
                 scenes = {s: self._downscaled(scene, factor) for s, scene in scenes.items()}
             if self.config.check_image_headers:
@@ -153,9 +154,13 @@ class ScenesDataParser(DataParser):
             target = downscaled_path(view.image, scene.root, factor)
             small_w, small_h = downscale_image(view.image, target, factor)
             scaled = Intrinsics(
-                fx=intrinsics.fx / factor, fy=intrinsics.fy / factor, cx=intrinsics.cx / factor,
-                cy=intrinsics.cy / factor, width=small_w, height=small_h,
-            )  # fmt: skip
+                fx=intrinsics.fx / factor,
+                fy=intrinsics.fy / factor,
+                cx=intrinsics.cx / factor,
+                cy=intrinsics.cy / factor,
+                width=small_w,
+                height=small_h,
+            )
             views.append(replace(view, image=target, intrinsics=scaled))
         return replace(scene, views=views)
 

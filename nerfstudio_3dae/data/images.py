@@ -47,9 +47,11 @@ def load_images(paths: Sequence[Path], workers: Optional[int] = None) -> UInt8[T
     with ThreadPoolExecutor(max_workers=workers) as pool:
         arrays = list(pool.map(decode_image, paths))
     shape = arrays[0].shape
-    for path, array in zip(paths, arrays):
+    for path, array in zip(paths, arrays, strict=True):
         if array.shape != shape:
-            raise DatasetError(f"image {path} is {array.shape[1]}x{array.shape[0]}, {paths[0]} is {shape[1]}x{shape[0]}")
+            raise DatasetError(
+                f"image {path} is {array.shape[1]}x{array.shape[0]}, {paths[0]} is {shape[1]}x{shape[0]}"
+            )
     return torch.from_numpy(np.stack(arrays))
 
 
@@ -81,7 +83,9 @@ def cached_latents(
     tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, latents.numpy())
     tmp.replace(target)
-    (folder / f"{target.stem}.json").write_text(json.dumps({"images": [str(p) for p in paths[:3]], "count": len(paths)}))
+    (folder / f"{target.stem}.json").write_text(
+        json.dumps({"images": [str(p) for p in paths[:3]], "count": len(paths)})
+    )
     return latents.float()  # the same float16-rounded values a later run reads back
 
 

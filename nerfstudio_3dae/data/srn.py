@@ -104,9 +104,7 @@ def list_srn_views(instance: Path, world_to_camera: bool) -> List[SrnView]:
     return [SrnView(images[k], read_srn_pose(poses[k], world_to_camera)) for k in sorted(images)]
 
 
-def select_views(
-    views: Sequence[SrnView], min_altitude: Optional[float], test_views: int
-) -> List[Tuple[SrnView, str]]:
+def select_views(views: Sequence[SrnView], min_altitude: Optional[float], test_views: int) -> List[Tuple[SrnView, str]]:
     """The paper's protocol: keep views whose camera height (c2w[2, 3]) is above ``min_altitude`` (None keeps all),
     then mark the first ``test_views`` kept views as test views."""
     kept = [v for v in views if min_altitude is None or v.c2w_opencv[2, 3] > min_altitude]
@@ -163,7 +161,9 @@ def _convert_instance(
     frames = []
     for view, split in selected:
         if image_size(view.image) != (width, height):
-            raise DatasetError(f"{view.image} is {image_size(view.image)}, other views of {instance} are {width, height}")
+            raise DatasetError(
+                f"{view.image} is {image_size(view.image)}, other views of {instance} are {width, height}"
+            )
         target = scene_dir / "images" / view.image.name
         _place_file(view.image, target, files)
         frames.append((f"images/{view.image.name}", view.c2w_opencv @ OPENCV_TO_OPENGL, split))

@@ -52,10 +52,17 @@ def scaling_table(result: Dict) -> Table:
         s_t, d_t = sparse["step_time_s"][n], dense["step_time_s"][n]
         s_o, d_o = sparse["phase_time_s"]["optimizer"][n], dense["phase_time_s"]["optimizer"][n]
         table.add_row(
-            n, f"{1e3 * s_t:.1f}", f"{1e3 * d_t:.1f}", f"{d_t / s_t:.2f}", f"{1e3 * s_o:.1f}", f"{1e3 * d_o:.1f}",
-            _mib(sparse["peak_rss_bytes"][n]), _mib(dense["peak_rss_bytes"][n]),
-            _mib(sparse["scene_grad_bytes"][n]), _mib(dense["scene_grad_bytes"][n]),
-        )  # fmt: skip
+            n,
+            f"{1e3 * s_t:.1f}",
+            f"{1e3 * d_t:.1f}",
+            f"{d_t / s_t:.2f}",
+            f"{1e3 * s_o:.1f}",
+            f"{1e3 * d_o:.1f}",
+            _mib(sparse["peak_rss_bytes"][n]),
+            _mib(dense["peak_rss_bytes"][n]),
+            _mib(sparse["scene_grad_bytes"][n]),
+            _mib(dense["scene_grad_bytes"][n]),
+        )
     return table
 
 
@@ -133,11 +140,23 @@ class Compare:
 
         if self.threads > 0:
             torch.set_num_threads(self.threads)
-        where = f"{self.data} (stage 1: {self.stage1_scenes}, compared: {self.scenes})" if self.data else "generated scenes"
+        where = (
+            f"{self.data} (stage 1: {self.stage1_scenes}, compared: {self.scenes})" if self.data else "generated scenes"
+        )
         CONSOLE.print(f"[bold]compare[/bold] preset {self.preset} on {where} -> {self.output}")
-        result = run_compare(self.preset, self.output, self.autoencoder, self.target_margin_db, self.seed,
-                             log=CONSOLE.print, data=self.data, stage1_scenes=self.stage1_scenes, scenes=self.scenes,
-                             downscale_factor=self.downscale_factor, ablation=self.ablation)  # fmt: skip
+        result = run_compare(
+            self.preset,
+            self.output,
+            self.autoencoder,
+            self.target_margin_db,
+            self.seed,
+            log=CONSOLE.print,
+            data=self.data,
+            stage1_scenes=self.stage1_scenes,
+            scenes=self.scenes,
+            downscale_factor=self.downscale_factor,
+            ablation=self.ablation,
+        )
         for path in write_outputs(result, self.output):
             CONSOLE.print(f"wrote {path}")
         CONSOLE.print(markdown_table(result))
@@ -170,9 +189,18 @@ class Finetune:
     def main(self) -> None:
         from nerfstudio_3dae.bench.finetune import finetune_table, run_finetune_sweep
 
-        result = run_finetune_sweep(self.data, self.output, self.autoencoders, self.decoder_lrs, self.scenes,
-                                    self.preset, self.latent_steps, self.finetune_steps, self.eval_every,
-                                    log=CONSOLE.print)  # fmt: skip
+        result = run_finetune_sweep(
+            self.data,
+            self.output,
+            self.autoencoders,
+            self.decoder_lrs,
+            self.scenes,
+            self.preset,
+            self.latent_steps,
+            self.finetune_steps,
+            self.eval_every,
+            log=CONSOLE.print,
+        )
         CONSOLE.print(finetune_table(result))
         CONSOLE.print(f"wrote {self.output / 'finetune.json'}")
 

@@ -75,22 +75,62 @@ def show_dataset(data: Path) -> None:
 def main(config: DemoConfig) -> None:
     data = config.output / "cars"
     if not (data / "scenes.json").exists():
-        _run([_tool("ns-3dae-synth"), "--output", data, "--num-scenes", config.num_scenes, "--views-per-scene",
-              config.views_per_scene, "--resolution", config.resolution, "--test-views", 4, "--overwrite"])
+        _run(
+            [
+                _tool("ns-3dae-synth"),
+                "--output",
+                data,
+                "--num-scenes",
+                config.num_scenes,
+                "--views-per-scene",
+                config.views_per_scene,
+                "--resolution",
+                config.resolution,
+                "--test-views",
+                4,
+                "--overwrite",
+            ]
+        )
     show_dataset(data)
     if config.only_data:
         return
     runs = config.output / "runs"
     total = config.steps + config.finetune_steps
-    _run([_tool("ns-train"), "3dae-latent", "--data", data, "--output-dir", runs, "--experiment-name", "demo",
-          "--timestamp", "latest", "--vis", "tensorboard", "--max-num-iterations", total,
-          "--logging.steps-per-log", 100, "--pipeline.model.finetune-start", config.steps,
-          "--pipeline.model.resolution", 32, "--pipeline.model.num-bases", 10,
-          "--pipeline.model.num-coarse-samples", 32, "--pipeline.model.num-fine-samples", 32])
+    _run(
+        [
+            _tool("ns-train"),
+            "3dae-latent",
+            "--data",
+            data,
+            "--output-dir",
+            runs,
+            "--experiment-name",
+            "demo",
+            "--timestamp",
+            "latest",
+            "--vis",
+            "tensorboard",
+            "--max-num-iterations",
+            total,
+            "--logging.steps-per-log",
+            100,
+            "--pipeline.model.finetune-start",
+            config.steps,
+            "--pipeline.model.resolution",
+            32,
+            "--pipeline.model.num-bases",
+            10,
+            "--pipeline.model.num-coarse-samples",
+            32,
+            "--pipeline.model.num-fine-samples",
+            32,
+        ]
+    )
     run = runs / "demo" / "3dae-latent" / "latest"
     metrics, views = config.output / "eval.json", config.output / "test_views"
-    _run([_tool("ns-eval"), "--load-config", run / "config.yml", "--output-path", metrics,
-          "--render-output-path", views])
+    _run(
+        [_tool("ns-eval"), "--load-config", run / "config.yml", "--output-path", metrics, "--render-output-path", views]
+    )
     results = json.loads(metrics.read_text())["results"]
     picture = tile_test_views(views, config.output / "test_views.png")
     CONSOLE.print(f"[bold green]run:[/] {run}")
@@ -99,8 +139,9 @@ def main(config: DemoConfig) -> None:
         f"alone reaches {results['autoencoded_psnr']:.2f} dB; latent PSNR {results['latent_psnr']:.2f} dB)"
     )
     CONSOLE.print(f"inspect it: ns-viewer --load-config {run / 'config.yml'} --viewer.websocket-host 127.0.0.1")
-    CONSOLE.print(f"[bold green]test views[/] (ground truth | decoded render | autoencoder alone, a row per scene): "
-                  f"{picture}")
+    CONSOLE.print(
+        f"[bold green]test views[/] (ground truth | decoded render | autoencoder alone, a row per scene): {picture}"
+    )
 
 
 def entrypoint() -> None:

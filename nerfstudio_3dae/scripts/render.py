@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-import tyro
-from typing_extensions import Annotated
-
 import nerfstudio.scripts.render as ns_render
+import tyro
 from nerfstudio.cameras.camera_paths import get_spiral_path
 from nerfstudio.scripts.render import (
     DatasetRender,
@@ -27,6 +25,7 @@ from nerfstudio.scripts.render import (
 )
 from nerfstudio.utils import install_checks
 from nerfstudio.utils.eval_utils import eval_setup
+from typing_extensions import Annotated
 
 from nerfstudio_3dae.data.dataparser import SCENE_ID, parse_scene_selection
 
@@ -62,8 +61,13 @@ class RunLoader:
         """The scene name the next pipeline is handed out with (None: the model's own default)."""
         self._loaded: Dict[str, Tuple] = {}
 
-    def __call__(self, config_path: Path, eval_num_rays_per_chunk: Optional[int] = None, test_mode: str = "test",
-                 update_config_callback: Optional[Callable] = None) -> Tuple:  # fmt: skip
+    def __call__(
+        self,
+        config_path: Path,
+        eval_num_rays_per_chunk: Optional[int] = None,
+        test_mode: str = "test",
+        update_config_callback: Optional[Callable] = None,
+    ) -> Tuple:
         if test_mode not in self._loaded:
             self._loaded[test_mode] = eval_setup(
                 config_path, eval_num_rays_per_chunk, test_mode, update_config_callback

@@ -45,8 +45,16 @@ def main(config: SynthConfig) -> None:
     start = time.perf_counter()
     try:
         generate_dataset(
-            config.output, config.num_scenes, config.views_per_scene, config.resolution, config.seed,
-            config.category, config.test_views, config.workers, config.overwrite, progress=True,
+            config.output,
+            config.num_scenes,
+            config.views_per_scene,
+            config.resolution,
+            config.seed,
+            config.category,
+            config.test_views,
+            config.workers,
+            config.overwrite,
+            progress=True,
         )
     except (ValueError, FileExistsError) as err:
         console.print(f"[bold red]ns-3dae-synth: error:[/bold red] {err}")

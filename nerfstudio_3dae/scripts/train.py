@@ -25,7 +25,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import tyro
 import yaml
-
 from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.scripts.train import train_loop
@@ -56,13 +55,21 @@ def _prepare(config: TrainerConfig) -> TrainerConfig:
     return config
 
 
-def _join(global_rank: int, world_size: int, local_size: int, backend: str, init_method: str,
-          device_type: str, local_rank: int) -> None:  # fmt: skip
+def _join(
+    global_rank: int,
+    world_size: int,
+    local_size: int,
+    backend: str,
+    init_method: str,
+    device_type: str,
+    local_rank: int,
+) -> None:
     """Join the process group and make nerfstudio's per-machine group (as ns-train's workers do)."""
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend, init_method=init_method, world_size=world_size, rank=global_rank,
-                            timeout=timedelta(minutes=30))  # fmt: skip
+    dist.init_process_group(
+        backend, init_method=init_method, world_size=world_size, rank=global_rank, timeout=timedelta(minutes=30)
+    )
     for machine in range(world_size // local_size):
         group = dist.new_group(list(range(machine * local_size, (machine + 1) * local_size)))
         if global_rank // local_size == machine:

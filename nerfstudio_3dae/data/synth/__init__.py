@@ -1,8 +1,9 @@
 """Procedural multi-scene data: look-alike objects (cars, chairs, tables) seen from the upper view hemisphere.
 
 ``shapes`` builds coloured meshes from a random generator, ``cameras`` draws SRN-like camera rigs and intrinsics,
-``raycast`` renders them on the CPU with Embree. The ``ns-3dae-synth`` CLI (:mod:`nerfstudio_3dae.scripts.synth`, over :mod:`nerfstudio_3dae.data.synth.generate`)
-writes whole datasets.
+``raycast`` renders them on the CPU with Embree, ``textures`` gives their surfaces liveries, wood and fabric, and
+``generate`` writes whole datasets: the ``ns-3dae-synth`` CLI (:mod:`nerfstudio_3dae.scripts.synth`) is a thin
+wrapper over it.
 """
 
 from nerfstudio_3dae.data.synth.cameras import (

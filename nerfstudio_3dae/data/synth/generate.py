@@ -51,8 +51,9 @@ def scene_name(category: str, index: int, num_scenes: int) -> str:
     return f"{category}_{index:0{max(4, len(str(num_scenes - 1)))}d}"
 
 
-def build_scene(seed: int, category: str, index: int, views_per_scene: int, resolution: int,
-                num_scenes: int = 1) -> SynthScene:
+def build_scene(
+    seed: int, category: str, index: int, views_per_scene: int, resolution: int, num_scenes: int = 1
+) -> SynthScene:
     """Draw scene ``index``: a function of ``(seed, category, index)`` only (plus the view count and resolution)."""
     if seed < 0:
         raise ValueError(f"--seed must be non-negative, got {seed}")
@@ -69,8 +70,9 @@ def render_scene(scene: SynthScene) -> Render:
     return render_views(scene.obj.mesh, scene.rig.camera_to_world, scene.intrinsics, obj=scene.obj)
 
 
-def write_generated_scene(root: Path, scene: SynthScene, images: np.ndarray, test_views: int, seed: int,
-                          index: int) -> Path:
+def write_generated_scene(
+    root: Path, scene: SynthScene, images: np.ndarray, test_views: int, seed: int, index: int
+) -> Path:
     """Write ``root/<scene>/images/NNNN.png`` and ``transforms.json``; ``images`` is [V, H, W, 3] uint8."""
     from PIL import Image
 
@@ -108,8 +110,9 @@ def _generate_one(job: Tuple[Path, int, str, int, int, int, int, int]) -> str:
     return scene.name
 
 
-def _check_options(num_scenes: int, views_per_scene: int, resolution: int, seed: int, category: str,
-                   test_views: int, workers: int) -> None:
+def _check_options(
+    num_scenes: int, views_per_scene: int, resolution: int, seed: int, category: str, test_views: int, workers: int
+) -> None:
     if num_scenes < 1:
         raise ValueError(f"--num-scenes must be at least 1, got {num_scenes}")
     if views_per_scene < 1:
@@ -199,11 +202,18 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.bar = Progress(TextColumn("scenes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn())
+        self.bar = Progress(
+            TextColumn("scenes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+        )
         self.bar.start()
         task = self.bar.add_task("scenes", total=self.total)
         return lambda: self.bar.advance(task)
@@ -211,5 +221,3 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-

@@ -90,8 +90,12 @@ class _Parts:
 
     def build(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(vertices [N, 3], faces [F, 3], colours [F, 3] in [0, 1], face materials [F])``."""
-        return (np.concatenate(self.vertices), np.concatenate(self.faces), np.concatenate(self.colors),
-                np.concatenate(self.face_material))
+        return (
+            np.concatenate(self.vertices),
+            np.concatenate(self.faces),
+            np.concatenate(self.colors),
+            np.concatenate(self.face_material),
+        )
 
 
 # ----------------------------------------------------------------------------------------------- convex pieces
@@ -171,8 +175,16 @@ def _hsv(rng: np.random.Generator, h: Tuple[float, float], s: Tuple[float, float
 
 
 CAR_PAINTS: Tuple[Color, ...] = (
-    (0.80, 0.10, 0.10), (0.10, 0.25, 0.70), (0.92, 0.92, 0.92), (0.15, 0.15, 0.17), (0.65, 0.67, 0.70),
-    (0.10, 0.50, 0.25), (0.95, 0.75, 0.10), (0.55, 0.30, 0.15), (0.95, 0.45, 0.10), (0.35, 0.70, 0.85),
+    (0.80, 0.10, 0.10),
+    (0.10, 0.25, 0.70),
+    (0.92, 0.92, 0.92),
+    (0.15, 0.15, 0.17),
+    (0.65, 0.67, 0.70),
+    (0.10, 0.50, 0.25),
+    (0.95, 0.75, 0.10),
+    (0.55, 0.30, 0.15),
+    (0.95, 0.45, 0.10),
+    (0.35, 0.70, 0.85),
 )
 WOODS: Tuple[Color, ...] = ((0.55, 0.35, 0.18), (0.72, 0.53, 0.32), (0.35, 0.22, 0.12), (0.85, 0.72, 0.52))
 METALS: Tuple[Color, ...] = ((0.15, 0.15, 0.16), (0.70, 0.71, 0.73), (0.90, 0.90, 0.88))
@@ -184,6 +196,7 @@ def _pick(rng: np.random.Generator, palette: Sequence[Color]) -> Color:
 
 def _frame_material(rng: np.random.Generator, color: Color, origin: Sequence[float]) -> Material:
     """Wood grain for wood-like colours, a metal (or lacquer) finish otherwise."""
+
     def distance(palette: Sequence[Color]) -> float:
         return min(float(np.abs(np.subtract(color, c)).max()) for c in palette)
 
@@ -225,21 +238,49 @@ def _car(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
     ww = p["wheel_width"]
     wheel_x = (p["wheelbase"] / 2 + p["wheel_shift"], -p["wheelbase"] / 2 + p["wheel_shift"])
     centres = [[x, side * (W / 2 + 0.02 - ww / 2), r] for x in wheel_x for side in (-1.0, 1.0)]
-    dims = {"length": L, "width": W, "clearance": c, "body_height": bh, "x_front": xf, "hood": p["hood"],
-            "door_x": 0.5 * ((xr + p["trunk"]) + (xf - p["hood"]))}
+    dims = {
+        "length": L,
+        "width": W,
+        "clearance": c,
+        "body_height": bh,
+        "x_front": xf,
+        "hood": p["hood"],
+        "door_x": 0.5 * ((xr + p["trunk"]) + (xf - p["hood"])),
+    }
     p["livery"] = livery = draw_livery(rng, p["paint"], dims)
     paint = Material("paint", p["paint"], specular=0.3, shininess=60.0, reflect=0.05, params=livery)
-    dark = Material("tyre", (0.08, 0.08, 0.09), specular=0.03, params={"centres": centres,
-                                                                       "treads": int(rng.integers(18, 36))})
-    glass = Material("glass", p["glass"], specular=0.5, shininess=80.0, reflect=0.3,
-                     params={"z0": z1, "z1": z1 + p["cabin_height"]})
-    hub = Material("rim", p["hub"], specular=0.4, shininess=50.0, reflect=0.15,
-                   params={"centres": centres, "radius": 0.6 * r, "spokes": int(rng.integers(4, 11)),
-                           "spoke_cut": float(rng.uniform(-0.3, 0.5)), "dark": (0.1, 0.1, 0.11)})
-    head = Material("light", (1.0, 0.96, 0.8), emissive=True,
-                    params={"y": 0.32 * W, "half_width": 0.1 * W, "housing": (0.35, 0.35, 0.36)})
-    rear = Material("light", (0.9, 0.08, 0.06), emissive=True,
-                    params={"y": 0.34 * W, "half_width": 0.09 * W, "housing": (0.3, 0.05, 0.05)})
+    dark = Material(
+        "tyre", (0.08, 0.08, 0.09), specular=0.03, params={"centres": centres, "treads": int(rng.integers(18, 36))}
+    )
+    glass = Material(
+        "glass", p["glass"], specular=0.5, shininess=80.0, reflect=0.3, params={"z0": z1, "z1": z1 + p["cabin_height"]}
+    )
+    hub = Material(
+        "rim",
+        p["hub"],
+        specular=0.4,
+        shininess=50.0,
+        reflect=0.15,
+        params={
+            "centres": centres,
+            "radius": 0.6 * r,
+            "spokes": int(rng.integers(4, 11)),
+            "spoke_cut": float(rng.uniform(-0.3, 0.5)),
+            "dark": (0.1, 0.1, 0.11),
+        },
+    )
+    head = Material(
+        "light",
+        (1.0, 0.96, 0.8),
+        emissive=True,
+        params={"y": 0.32 * W, "half_width": 0.1 * W, "housing": (0.35, 0.35, 0.36)},
+    )
+    rear = Material(
+        "light",
+        (0.9, 0.08, 0.06),
+        emissive=True,
+        params={"y": 0.34 * W, "half_width": 0.09 * W, "housing": (0.3, 0.05, 0.05)},
+    )
     grille = Material("grille", (0.12, 0.12, 0.13), params={"frequency": float(rng.uniform(60.0, 140.0))})
     trim = Material("plain", (0.2, 0.2, 0.21), specular=0.1)
     body = np.array(
@@ -435,7 +476,17 @@ def build_object(
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, face_colors=rgba, process=False)
     # Builders draw plain Python numbers; the JSON round trip turns tuples into lists and proves it serialises.
     params = {k: v for k, v in params.items() if k != "livery"}
-    params = {"category": category, **json.loads(json.dumps(params)), "normalisation_scale": scale,
-              "materials": material_table(parts.materials)}
-    return SynthObject(mesh=mesh, params=params, face_material=face_material, materials=parts.materials,
-                       centre=centre, scale=float(scale))
+    params = {
+        "category": category,
+        **json.loads(json.dumps(params)),
+        "normalisation_scale": scale,
+        "materials": material_table(parts.materials),
+    }
+    return SynthObject(
+        mesh=mesh,
+        params=params,
+        face_material=face_material,
+        materials=parts.materials,
+        centre=centre,
+        scale=float(scale),
+    )

@@ -273,31 +273,50 @@ def draw_livery(rng: np.random.Generator, paint: Color, dims: Dict[str, float]) 
     q: Dict[str, object] = {"waves": random_waves(rng, 4, (1.0, 4.0))}
     if rng.random() < 0.25:
         other = _rotate_hue(rng, paint)
-        q["gradient"] = {"x0": -L / 2, "x1": L / 2, "color": other} if rng.random() < 0.5 else {
-            "x0": L / 2, "x1": -L / 2, "color": other}
+        q["gradient"] = (
+            {"x0": -L / 2, "x1": L / 2, "color": other}
+            if rng.random() < 0.5
+            else {"x0": L / 2, "x1": -L / 2, "color": other}
+        )
     if rng.random() < 0.35:
         below = bool(rng.random() < 0.6)
         z = c + bh * (rng.uniform(0.3, 0.55) if below else rng.uniform(0.85, 1.05))
         q["two_tone"] = {"z": z, "below": below, "color": contrast(rng, paint)}
     if rng.random() < 0.12:
-        q["checkers"] = {"x0": dims["x_front"] - dims["hood"], "size": rng.uniform(0.08, 0.16),
-                         "color": contrast(rng, paint)}
+        q["checkers"] = {
+            "x0": dims["x_front"] - dims["hood"],
+            "size": rng.uniform(0.08, 0.16),
+            "color": contrast(rng, paint),
+        }
     if rng.random() < 0.3:
-        q["stripes"] = {"offset": rng.choice([0.0, rng.uniform(0.08, 0.2) * W]), "width": rng.uniform(0.08, 0.16) * W,
-                        "color": contrast(rng, paint)}
+        q["stripes"] = {
+            "offset": rng.choice([0.0, rng.uniform(0.08, 0.2) * W]),
+            "width": rng.uniform(0.08, 0.16) * W,
+            "color": contrast(rng, paint),
+        }
     if rng.random() < 0.3:
         z0 = c + bh * rng.uniform(0.35, 0.7)
         q["band"] = {"z0": z0, "z1": z0 + bh * rng.uniform(0.06, 0.18), "color": contrast(rng, paint)}
     if rng.random() < 0.4:
         disc = contrast(rng, paint)
-        q["number"] = {"x": dims["door_x"], "z": c + 0.55 * bh, "radius": bh * rng.uniform(0.28, 0.4),
-                       "digits": [int(d) for d in rng.integers(0, 10, int(rng.integers(1, 3)))],
-                       "disc_color": disc, "ink_color": contrast(rng, disc)}
+        q["number"] = {
+            "x": dims["door_x"],
+            "z": c + 0.55 * bh,
+            "radius": bh * rng.uniform(0.28, 0.4),
+            "digits": [int(d) for d in rng.integers(0, 10, int(rng.integers(1, 3)))],
+            "disc_color": disc,
+            "ink_color": contrast(rng, disc),
+        }
     if rng.random() < 0.35:
         cell = bh * rng.uniform(0.045, 0.08)
         count = int(rng.integers(4, 9))
-        q["text"] = {"x": -L * rng.uniform(0.1, 0.35), "z": c + bh * rng.uniform(0.25, 0.45), "cell": cell,
-                     "glyphs": rng.random((count, 5, 3)) < 0.55, "color": contrast(rng, paint)}
+        q["text"] = {
+            "x": -L * rng.uniform(0.1, 0.35),
+            "z": c + bh * rng.uniform(0.25, 0.45),
+            "cell": cell,
+            "glyphs": rng.random((count, 5, 3)) < 0.55,
+            "color": contrast(rng, paint),
+        }
     return q
 
 
@@ -312,8 +331,14 @@ def wood_material(rng: np.random.Generator, color: Color, origin: Sequence[float
     axis /= np.linalg.norm(axis)
     dark = tuple(float(c) * rng.uniform(0.55, 0.75) for c in color)
     stretch = [0.3, 3.0, 3.0]
-    params = {"axis": axis.tolist(), "origin": [float(o) for o in origin], "ring_frequency": rng.uniform(12.0, 30.0),
-              "dark": dark, "stretch": stretch, "waves": random_waves(rng, 4, (4.0, 12.0))}
+    params = {
+        "axis": axis.tolist(),
+        "origin": [float(o) for o in origin],
+        "ring_frequency": rng.uniform(12.0, 30.0),
+        "dark": dark,
+        "stretch": stretch,
+        "waves": random_waves(rng, 4, (4.0, 12.0)),
+    }
     return Material("wood", color, specular=0.08, shininess=16.0, params=params)
 
 
@@ -321,8 +346,11 @@ def fabric_material(rng: np.random.Generator, color: Color) -> Material:
     """Woven fabric, sometimes with a plaid in a second colour."""
     params: Dict[str, object] = {"weave_frequency": rng.uniform(90.0, 160.0)}
     if rng.random() < 0.35:
-        params["plaid"] = {"spacing": rng.uniform(0.06, 0.14), "width": rng.uniform(0.06, 0.15),
-                           "color": contrast(rng, color)}
+        params["plaid"] = {
+            "spacing": rng.uniform(0.06, 0.14),
+            "width": rng.uniform(0.06, 0.15),
+            "color": contrast(rng, color),
+        }
     return Material("fabric", color, specular=0.0, params=params)
 
 
