@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -313,19 +313,37 @@ def load_autoencoder(
 
 
 # ----------------------------------------------------------------------------------------------- building
-def small_autoencoder_config(latent_channels: int = 4, factor: int = 8, width: int = 32) -> dict[str, Any]:
-    """Config of the project's own small ``AutoencoderKL``: widths ``(width, 2w, 2w, ...)``, one layer a block."""
-    if factor < 1 or factor & (factor - 1):
-        raise ValueError(f"factor must be a power of two, got {factor}")
-    levels = int(math.log2(factor)) + 1
-    widths = [width] + [2 * width] * (levels - 1)
-    groups = max(g for g in range(1, 33) if all(w % g == 0 for w in widths))
+def kl_autoencoder_config(
+    widths: Sequence[int],
+    latent_channels: int,
+    layers_per_block: int = 1,
+    norm_groups: int | None = None,
+    mid_attention: bool = True,
+    sample_size: int = 256,
+) -> dict[str, Any]:
+    """A diffusers ``AutoencoderKL`` config with these block widths (factor ``2 ** (len(widths) - 1)``).
+
+    ``norm_groups`` None: the most groups (up to 32) that divide every width, diffusers' habit.
+    """
+    groups = max(g for g in range(1, 33) if all(w % g == 0 for w in widths)) if norm_groups is None else norm_groups
+    if groups < 1 or any(w % groups for w in widths):
+        raise ValueError(f"--norm-groups {groups} must divide every block width {tuple(widths)}")
+    levels = len(widths)
     return {
         "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
         "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
-        "block_out_channels": widths, "layers_per_block": 1, "latent_channels": latent_channels,
-        "norm_num_groups": groups, "sample_size": 256, "scaling_factor": 1.0,
+        "block_out_channels": list(widths), "layers_per_block": layers_per_block, "latent_channels": latent_channels,
+        "norm_num_groups": groups, "sample_size": sample_size, "scaling_factor": 1.0,
+        "mid_block_add_attention": mid_attention,
     }  # fmt: skip
+
+
+def small_autoencoder_config(latent_channels: int = 4, factor: int = 8, width: int = 32) -> dict[str, Any]:
+    """Config of the 'scratch' ``AutoencoderKL``: widths ``(width, 2w, 2w, ...)``, one layer a block."""
+    if factor < 1 or factor & (factor - 1):
+        raise ValueError(f"factor must be a power of two, got {factor}")
+    levels = int(math.log2(factor)) + 1
+    return kl_autoencoder_config([width] + [2 * width] * (levels - 1), latent_channels)
 
 
 def build_autoencoder(

@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
-from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, build_autoencoder
+from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, build_autoencoder, kl_autoencoder_config
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
@@ -201,26 +201,6 @@ def to_unit(images: UInt8[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
 
 
 # ----------------------------------------------------------------------------------------------- model
-def kl_config(
-    widths: Sequence[int],
-    layers_per_block: int,
-    latent_channels: int,
-    norm_groups: int = 4,
-    mid_attention: bool = False,
-) -> Dict[str, object]:
-    """A diffusers ``AutoencoderKL`` config with these block widths (factor ``2 ** (len(widths) - 1)``)."""
-    if any(w % norm_groups for w in widths):
-        raise ValueError(f"--norm-groups {norm_groups} must divide every block width {tuple(widths)}")
-    groups = norm_groups
-    levels = len(widths)
-    return {
-        "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
-        "block_out_channels": list(widths), "layers_per_block": layers_per_block, "latent_channels": latent_channels,
-        "norm_num_groups": groups, "sample_size": 128, "scaling_factor": 1.0, "mid_block_add_attention": mid_attention,
-    }  # fmt: skip
-
-
 def psnr_of(a: Float[Tensor, "B 3 H W"], b: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B"]:
     """Per-image PSNR in dB of images in [0, 1]."""
     mse = ((a.clamp(0, 1) - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
@@ -284,7 +264,14 @@ def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] =
     ).permute(0, 3, 1, 2)
     log(f"corpus ready: {len(train)} training views, {len(held)} held-out views ({time.perf_counter() - t0:.0f} s)")
 
-    config = kl_config(c.block_out_channels, c.layers_per_block, c.latent_channels, c.norm_groups, c.mid_attention)
+    config = kl_autoencoder_config(
+        c.block_out_channels,
+        c.latent_channels,
+        c.layers_per_block,
+        c.norm_groups,
+        c.mid_attention,
+        sample_size=c.resolution,
+    )
     ae = build_autoencoder(config, "kl", seed=c.seed)
     opt = torch.optim.Adam(ae.model.parameters(), lr=c.lr)
     step, rng, elapsed = 0, np.random.default_rng(c.seed), 0.0
