@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Type
 
 import torch
+from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import comms, writer
@@ -204,6 +205,9 @@ class ThreeDAETrainer(Trainer):
                 f"[bold]nothing to do: the checkpoint is at step {self._start_step - 1}, the run has "
                 f"{self.total_steps} steps"
             )
+            # what a run does at its end still happens (a stage-1 run exports its autoencoder and bases)
+            for callback in self.callbacks:
+                callback.run_callback_at_location(self._start_step - 1, location=TrainingCallbackLocation.AFTER_TRAIN)
             return
         self._thread_probe: Optional[ThreadProbe] = None
         if str(self.device).startswith("cpu"):
