@@ -363,9 +363,3 @@ def read_log(run: Path) -> List[Dict[str, object]]:
     """The JSON lines of a run's log."""
     path = Path(run) / LOG_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def load_corpus_views(run: Path, holdout: bool = True) -> Optional[np.ndarray]:
-    """The cached ``[N, H, W, 3]`` views of a run's held-out (or training) corpus, if it was built."""
-    path = Path(run) / ("holdout" if holdout else "corpus") / "images.npy"
-    return np.load(path, mmap_mode="r") if path.is_file() else None
