@@ -90,7 +90,9 @@ class Selection:
     """The dataparser's downscale_factor."""
 
 
-def _configure(config, data: Selection, out: Path, preset: ComparePreset, steps: int, name: str, bases: bool = True):
+def configure_method(
+    config, data: Selection, out: Path, preset: ComparePreset, steps: int, name: str, bases: bool = True
+):
     """``config`` with the preset's sizes on ``data``; ``bases=False`` keeps the model's own channels and no bases
     (RGB Tri-Planes)."""
     config.pipeline.datamanager.data = data.data
@@ -376,7 +378,7 @@ def run_compare(
     runs = output / "runs"
 
     log(f"stage 1: 3dae-autoencoder on {n1} other scenes, {preset.stage1_steps} steps")
-    stage1 = _configure(autoencoder_method(), data1, runs, preset, preset.stage1_steps, "stage1")
+    stage1 = configure_method(autoencoder_method(), data1, runs, preset, preset.stage1_steps, "stage1")
     stage1.pipeline.model.autoencoder = autoencoder
     stage1.pipeline.model.warmup_steps = preset.stage1_warmup
     _seed(stage1.machine.seed)
@@ -391,17 +393,17 @@ def run_compare(
     del trainer
 
     log(f"3dae-rgb (RGB Tri-Planes) on {n} scenes, {preset.rgb_steps} steps")
-    rgb_config = _configure(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb", bases=False)
+    rgb_config = configure_method(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb", bases=False)
     rgb = train_and_measure(rgb_config, preset, on_eval)
     bank = None
     if ablation:
         log(f"ablation: 3dae-rgb with the micro/macro bank on the same scenes, {preset.rgb_steps} steps")
-        bank_config = _configure(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb-bank")
+        bank_config = configure_method(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb-bank")
         for key, value in {**RGB_BANK_ABLATION, "num_bases": preset.num_bases}.items():
             setattr(bank_config.pipeline.model, key, value)
         bank = train_and_measure(bank_config, preset, on_eval)
     log(f"3dae-latent on the same scenes, {preset.latent_steps} steps (decoder fine-tune from {preset.finetune_start})")
-    config = _configure(latent_method(), compared, runs, preset, preset.latent_steps, "latent")
+    config = configure_method(latent_method(), compared, runs, preset, preset.latent_steps, "latent")
     config.pipeline.model.autoencoder = str(stage1_dir)
     config.pipeline.model.bases = stage1_dir
     config.pipeline.model.finetune_start = preset.finetune_start

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from nerfstudio_3dae.bench.compare import Selection, _configure, train_and_measure
+from nerfstudio_3dae.bench.compare import Selection, configure_method, train_and_measure
 from nerfstudio_3dae.bench.presets import PRESETS
 from nerfstudio_3dae.method_configs import latent_method
 
@@ -56,7 +56,7 @@ def run_finetune_sweep(
     for k, source in enumerate(autoencoders):
         for lr in decoder_lrs:
             name = f"ae{k}-lr{lr:g}"
-            config = _configure(
+            config = configure_method(
                 latent_method(), Selection(Path(data), scenes), output / "runs", sizes, sizes.latent_steps, name
             )
             config.pipeline.model.autoencoder = source
