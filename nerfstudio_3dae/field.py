@@ -7,6 +7,7 @@ resolution divided by ``downscale`` (the autoencoder factor in latent space, 1 i
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, Literal, Optional, Tuple
@@ -15,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from nerfstudio_3dae.rendering import render_rays
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
@@ -86,16 +88,29 @@ class TriplaneField(nn.Module):
         background: Float[Tensor, "c"],
         deterministic: bool,
         max_rays: Optional[int] = None,
+        checkpoint_rays: Optional[int] = None,
     ) -> Dict[str, Tensor]:
         """Render K cameras of (possibly different) scenes: ``features [K, c, h, w]``, ``depth`` and
         ``accumulation`` ``[K, 1, h, w]``, and the composed ``planes [K, 3, C, R, R]`` (for regularisers).
-        ``max_rays`` renders in chunks of pixels (all K cameras together) to bound memory."""
+
+        ``max_rays`` renders in chunks of pixels (all K cameras together) to bound memory; meant for renders without
+        gradients. ``checkpoint_rays`` bounds the memory of renders that autograd records (training): the rays are
+        rendered in chunks of at most this many, and each chunk keeps only its inputs and outputs for the backward
+        pass, which recomputes the chunk (activation checkpointing, with the chunk's random samples replayed), so the
+        saved activations are those of one chunk whatever the image size and sample count. The gradients are those of
+        the unchunked render; the price is a second forward pass of the field during backward. A batch that fits in
+        one chunk renders as one graph."""
         origins, directions, (h, w) = camera_rays(cameras, downscale)  # [K, hw, 3]
         k, n = origins.shape[:2]
         planes = self.bank.planes(scene_ids)  # [K, 3, C, R, R]
-        step = n if not max_rays else max(1, max_rays // k)
+        recorded = bool(checkpoint_rays) and torch.is_grad_enabled()
+        limit = checkpoint_rays if recorded else max_rays
+        step = n if not limit else max(1, limit // k)
+        render_chunk = self._render_rays
+        if recorded and step < n:
+            render_chunk = functools.partial(checkpoint, self._render_rays, use_reentrant=False)
         chunks = [
-            self._render_rays(planes, origins[:, i : i + step], directions[:, i : i + step], background, deterministic)
+            render_chunk(planes, origins[:, i : i + step], directions[:, i : i + step], background, deterministic)
             for i in range(0, n, step)
         ]
 
