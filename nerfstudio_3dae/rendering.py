@@ -9,42 +9,32 @@ intervals tile ``[near, far]`` exactly.
 
 Two backends compute the same numbers: ``"torch"`` (dense ``[rays, samples]`` tensors, any device)
 and ``"nerfacc"`` (nerfacc 0.5.2 CUDA ops on packed samples; CUDA tensors only). ``"auto"`` picks
-nerfacc for CUDA tensors when its CUDA extension loads, torch otherwise.
+nerfacc for CUDA tensors when its CUDA extension is already built, torch otherwise; the decision is
+made once per process, never compiles, and lives in :mod:`nerfstudio_3dae.backends` (docs/gpu.md).
 """
 
-import functools
 from typing import Callable, Dict, Literal, Optional, Tuple, Union
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from nerfstudio_3dae.backends import decide_backend, nerfacc_extension
+
 Backend = Literal["auto", "torch", "nerfacc"]
 FieldFn = Callable[[Float[Tensor, "R S 3"]], Tuple[Float[Tensor, "R S 1"], Float[Tensor, "R S c"]]]
 Bound = Union[float, Float[Tensor, "R 1"]]
 
 
-@functools.lru_cache(maxsize=None)
 def nerfacc_cuda_available() -> bool:
-    """Whether nerfacc's CUDA extension loads (its first use may JIT-compile it, which needs nvcc)."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        from nerfacc.cuda._backend import _C  # pylint: disable=import-outside-toplevel
-    except Exception:  # noqa: BLE001 - a failed JIT build raises anything
-        return False
-    return _C is not None
+    """Whether nerfacc's CUDA extension is usable in this process without a build (checked once, never compiles)."""
+    return nerfacc_extension().usable
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> Literal["torch", "nerfacc"]:
-    """Map ``"auto"`` to a concrete backend; refuse nerfacc for tensors that are not on CUDA."""
-    if backend == "auto":
-        return "nerfacc" if device.type == "cuda" and nerfacc_cuda_available() else "torch"
-    if backend == "nerfacc" and device.type != "cuda":
-        raise ValueError("the nerfacc backend needs CUDA tensors; use backend='torch' or 'auto'")
-    if backend not in ("torch", "nerfacc"):
-        raise ValueError(f"unknown backend {backend!r}")
-    return backend
+    """Map ``"auto"`` to a concrete backend; refuse nerfacc for tensors that are not on CUDA or where its extension
+    is not built (:func:`nerfstudio_3dae.backends.decide_backend`, a :class:`ValueError` naming the option)."""
+    return decide_backend(backend, device).backend
 
 
 def _as_column(bound: Bound, num_rays: int, device: torch.device) -> Float[Tensor, "R 1"]:

@@ -1,0 +1,371 @@
+"""Which volume-rendering backend a process uses, decided once at start-up without compiling anything.
+
+nerfacc 0.5.2 ships no compiled extension: importing ``nerfacc.cuda._backend`` runs torch's
+``cpp_extension.load``, a ninja/nvcc build of its CUDA sources (minutes), and it does so inside the first training
+step of every new process that reaches a nerfacc op. :func:`decide_backend` never goes there. It uses nerfacc's CUDA
+extension only when it is already built:
+
+* the module a ``setup.py`` build of nerfacc installs (``nerfacc.csrc``) imports, or
+* torch's JIT build folder for ``nerfacc_cuda`` (``$TORCH_EXTENSIONS_DIR/nerfacc_cuda``, by default
+  ``~/.cache/torch_extensions/py3XX_cuXXX/nerfacc_cuda``) holds the finished module ``nerfacc_cuda.so``; it is loaded
+  straight from the file and handed to nerfacc as ``nerfacc.csrc``, so nerfacc's own loader never starts a build.
+
+Anything else is the torch backend, with the reason logged once per process. A build folder with a ``lock`` file and
+no finished module is reported, never waited on: held by a live process (an OS lock on the file, which torch's
+``FileLock`` takes while it builds), it is a build in progress; held by nobody, it is *stale* (an interrupted build).
+:func:`build_nerfacc` (``ns-3dae-build-nerfacc``) builds the extension once, outside any training loop, in a child
+process with a time limit (docs/gpu.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import importlib
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, List, Literal, Optional, Tuple
+
+import torch
+
+BackendName = Literal["torch", "nerfacc"]
+Requested = Literal["auto", "torch", "nerfacc"]
+
+EXTENSION_NAME = "nerfacc_cuda"
+"""The name nerfacc 0.5.2 gives torch's JIT build (its build folder and module file)."""
+
+BACKEND_OPTION = "--pipeline.model.backend"
+BUILD_COMMAND = "ns-3dae-build-nerfacc"
+
+STALE_LOCK_AGE_S = 600.0
+"""A lock file no process holds an OS lock on is stale at once under torch's ``FileLock``; under an older torch
+(``FileBaton``: the file's mere existence is the lock, no OS lock) only once it is this old, because a build by such a
+torch cannot be told from an interrupted one otherwise (a nerfacc build takes minutes, not ten)."""
+
+
+class BackendError(ValueError):
+    """A backend option that cannot be honoured here; the message names the option and what to do."""
+
+
+class BuildLockedError(RuntimeError):
+    """The build folder's lock may belong to a running build."""
+
+
+@dataclass(frozen=True)
+class BackendDecision:
+    """The backend a process renders with and why."""
+
+    backend: BackendName
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExtensionProbe:
+    """Whether nerfacc's CUDA extension can be used without a build, and the module when it can."""
+
+    usable: bool
+    reason: str
+    module: Optional[ModuleType] = None
+
+
+def nerfacc_sources() -> List[Path]:
+    """nerfacc's CUDA/C++ sources, the ones its JIT build compiles."""
+    import nerfacc  # pylint: disable=import-outside-toplevel
+
+    csrc = Path(nerfacc.__file__).parent / "cuda" / "csrc"
+    return sorted(csrc.glob("*.cu")) + sorted(csrc.glob("*.cpp"))
+
+
+def nerfacc_build_dir() -> Path:
+    """torch's JIT build folder for ``nerfacc_cuda``, the one nerfacc's loader uses (not created here)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        from torch.utils.cpp_extension import get_default_build_root  # pylint: disable=import-outside-toplevel
+
+        accelerator = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+        if torch.version.hip is not None:
+            accelerator = f"rocm{torch.version.hip.replace('.', '')}"
+        python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+        root = os.path.join(get_default_build_root(), f"{python}_{accelerator}")
+    return Path(root) / EXTENSION_NAME
+
+
+def built_module_path(build_dir: Path) -> Path:
+    """Where torch's JIT build writes the finished module (its last step, the link)."""
+    return build_dir / f"{EXTENSION_NAME}.so"
+
+
+def lock_is_held(lock: Path) -> bool:
+    """Whether a live process holds an OS lock (``flock``) on ``lock``; never waits, never creates the file."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def load_module_file(path: Path) -> ModuleType:
+    """Import a built extension module from its file, as torch's ``load`` does once the build is done."""
+    spec = importlib.util.spec_from_file_location(EXTENSION_NAME, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not an importable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _import_setup_built() -> Tuple[Optional[ModuleType], str]:
+    """nerfacc's ``setup.py``-built extension (``nerfacc.csrc``) and, when it does not import, why."""
+    try:
+        return importlib.import_module("nerfacc.csrc"), ""
+    except ImportError as err:  # ModuleNotFoundError: nerfacc came from PyPI's source package, nothing built
+        return None, f"{type(err).__name__}: {err}"
+
+
+def probe_nerfacc_extension(build_dir: Optional[Path] = None) -> ExtensionProbe:
+    """Whether nerfacc's CUDA extension is usable in this process without compiling anything.
+
+    Usable: CUDA is available and either the ``setup.py``-built ``nerfacc.csrc`` imports or ``build_dir`` (default
+    :func:`nerfacc_build_dir`) holds a finished ``nerfacc_cuda.so`` that loads. Never builds, never waits on a lock.
+    """
+    if not torch.cuda.is_available():
+        return ExtensionProbe(False, "no CUDA device (torch.cuda.is_available() is False)")
+    module, why_not = _import_setup_built()
+    if module is not None:
+        return ExtensionProbe(True, "nerfacc's setup.py-built extension (nerfacc.csrc) imports", module)
+    build_dir = nerfacc_build_dir() if build_dir is None else build_dir
+    built, lock = built_module_path(build_dir), build_dir / "lock"
+    if lock_is_held(lock):
+        return ExtensionProbe(
+            False,
+            f"a nerfacc build is in progress in {build_dir} (a process holds {lock}); not waiting for it. Let it "
+            f"finish (or stop it) and start again",
+        )
+    if built.is_file():
+        try:
+            module = load_module_file(built)
+            return ExtensionProbe(True, f"nerfacc's built extension {built} loaded (no compile)", module)
+        except Exception as err:  # noqa: BLE001 - a bad .so raises ImportError/OSError/RuntimeError
+            return ExtensionProbe(
+                False, f"the built extension {built} does not load ({type(err).__name__}: {err}); rebuild it with "
+                f"`{BUILD_COMMAND}`"
+            )  # fmt: skip
+    if lock.exists():
+        return ExtensionProbe(
+            False,
+            f"stale lock {lock} and no finished {built.name}: an interrupted nerfacc build. Remove it with "
+            f"`rm -r {build_dir}`, or run `{BUILD_COMMAND}` (removes it and builds)",
+        )
+    if not build_dir.is_dir():
+        state = "does not exist"
+    else:
+        state = f"has no {built.name}" if any(build_dir.iterdir()) else "is empty"
+    return ExtensionProbe(
+        False,
+        f"nerfacc's CUDA extension is not built ({build_dir} {state}; nerfacc.csrc: {why_not}); build it once with "
+        f"`{BUILD_COMMAND}`",
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def nerfacc_extension() -> ExtensionProbe:
+    """:func:`probe_nerfacc_extension` once per process; a usable module is handed to nerfacc as ``nerfacc.csrc``."""
+    probe = probe_nerfacc_extension()
+    if probe.usable and probe.module is not None:
+        install_extension(probe.module)
+    return probe
+
+
+def install_extension(module: ModuleType) -> None:
+    """Make nerfacc use ``module`` as its compiled extension: its loader imports ``nerfacc.csrc`` first and only
+    builds when that fails (``nerfacc/cuda/_backend.py``)."""
+    import nerfacc  # pylint: disable=import-outside-toplevel
+
+    sys.modules["nerfacc.csrc"] = module
+    nerfacc.csrc = module
+    loader = sys.modules.get("nerfacc.cuda._backend")
+    if loader is not None:  # imported before (its build failed or was skipped): point it at the module
+        loader._C = module
+
+
+def _log(message: str) -> None:
+    from nerfstudio.utils.rich_utils import CONSOLE  # pylint: disable=import-outside-toplevel
+
+    CONSOLE.log(message)
+
+
+@functools.lru_cache(maxsize=None)
+def _decide(requested: str, device_type: str) -> BackendDecision:
+    """The decision for one (requested, device type), logged when made: once per process."""
+    if requested not in ("auto", "torch", "nerfacc"):
+        raise BackendError(f"{BACKEND_OPTION} {requested!r}: choose one of auto, torch, nerfacc")
+    if requested == "torch":
+        decision = BackendDecision("torch", f"{BACKEND_OPTION} torch")
+    elif device_type != "cuda":
+        if requested == "nerfacc":
+            raise BackendError(
+                f"{BACKEND_OPTION} nerfacc needs CUDA tensors, the model is on {device_type}; use "
+                f"{BACKEND_OPTION} torch or auto"
+            )
+        decision = BackendDecision("torch", f"the model is on {device_type}: nerfacc runs on CUDA tensors only")
+    else:
+        probe = nerfacc_extension()
+        if probe.usable:
+            decision = BackendDecision("nerfacc", probe.reason)
+        elif requested == "nerfacc":
+            raise BackendError(
+                f"{BACKEND_OPTION} nerfacc cannot be used: {probe.reason}. Build nerfacc's extension once with "
+                f"`{BUILD_COMMAND}` (docs/gpu.md), or use {BACKEND_OPTION} torch (or auto)"
+            )
+        else:
+            decision = BackendDecision("torch", probe.reason)
+    _log(f"rendering backend: {decision.backend} ({BACKEND_OPTION} {requested}: {decision.reason})")
+    return decision
+
+
+def decide_backend(requested: Requested, device: torch.device | str) -> BackendDecision:
+    """The backend for tensors on ``device`` when ``requested`` (the model's ``backend`` option); cached per process.
+
+    ``auto``: nerfacc on CUDA when its extension is already built, torch otherwise. ``torch``: torch. ``nerfacc``:
+    nerfacc, or :class:`BackendError` when the tensors are not on CUDA or the extension is not usable. Never
+    compiles; logs the decision and its reason once.
+    """
+    return _decide(requested, torch.device(device).type)
+
+
+def clear_decisions() -> None:
+    """Forget the cached probe and decisions (tests; a process that just built the extension)."""
+    _decide.cache_clear()
+    nerfacc_extension.cache_clear()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The explicit build
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What :func:`build_nerfacc` did."""
+
+    ok: bool
+    seconds: float
+    message: str
+    """The built module's path, or why the build failed (the compiler's error lines, a timeout, a held lock)."""
+    log: Optional[Path] = None
+    """The build's whole output."""
+
+
+_BUILD_SCRIPT = """
+import sys
+import nerfacc.cuda._backend as backend
+sys.exit(0 if backend._C is not None else 3)
+"""
+"""The child's program: nerfacc's own loader, which builds into the JIT folder exactly as a training step would."""
+
+
+def _error_lines(output: str, limit: int = 12) -> List[str]:
+    """The lines of a build's output that say what failed: compiler errors first, then the last exception line."""
+    pattern = re.compile(r"(error\b|error:|FAILED|No CUDA toolkit|mismatch|RuntimeError|not found)", re.IGNORECASE)
+    lines = [ln.strip() for ln in output.splitlines() if pattern.search(ln) and not ln.lstrip().startswith("File ")]
+    unique = list(dict.fromkeys(lines))
+    return unique[:limit]
+
+
+def remove_stale_lock(build_dir: Path, stale_after_s: float = STALE_LOCK_AGE_S) -> Optional[str]:
+    """Remove ``build_dir/lock`` when stale; returns what was done, or raises when a build may still be running.
+
+    Stale: no process holds an OS lock on it and, when this torch takes no OS lock (``FileBaton``), it is older than
+    ``stale_after_s``.
+    """
+    lock = build_dir / "lock"
+    if not lock.exists():
+        return None
+    if lock_is_held(lock):
+        raise BuildLockedError(f"a process holds {lock}: a nerfacc build is running; let it finish or stop it")
+    age = time.time() - lock.stat().st_mtime
+    if not torch_takes_os_lock() and age < stale_after_s:
+        raise BuildLockedError(
+            f"{lock} is {age:.0f} s old and this torch locks by the file's existence only: maybe a build is running. "
+            f"Wait, or remove it (`rm {lock}`) if no build is"
+        )
+    lock.unlink()
+    return f"removed the stale lock {lock} ({age:.0f} s old, held by no process)"
+
+
+def torch_takes_os_lock() -> bool:
+    """Whether this torch's JIT build holds an OS lock on ``lock`` (``FileLock``, recent torch) rather than relying
+    on the file's existence (``FileBaton``, which a killed build leaves behind and every later build waits on)."""
+    import torch.utils.cpp_extension as cpp_extension  # pylint: disable=import-outside-toplevel
+
+    return hasattr(cpp_extension, "FileLock")
+
+
+def _run_build(timeout_s: float, log: Path) -> Tuple[int, str]:
+    """Run :data:`_BUILD_SCRIPT` in a child process (its own process group, killed whole at the timeout)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _BUILD_SCRIPT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as child:
+        try:
+            output, _ = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            output, _ = child.communicate()
+            log.write_text(output or "")
+            return -1, output or ""
+    log.write_text(output)
+    return child.returncode, output
+
+
+def build_nerfacc(
+    timeout_s: float = 1800.0,
+    build_dir: Optional[Path] = None,
+    run: Callable[[float, Path], Tuple[int, str]] = _run_build,
+) -> BuildResult:
+    """Build nerfacc's CUDA extension once, outside any training loop, with a time limit.
+
+    Removes a stale lock (:func:`remove_stale_lock`), runs nerfacc's own JIT build in a child process (killed after
+    ``timeout_s``), and reports the seconds and the built module, or the compiler's error lines and the log. Needs
+    nvcc and the CUDA headers, not a GPU.
+    """
+    build_dir = nerfacc_build_dir() if build_dir is None else build_dir
+    start = time.perf_counter()
+    try:
+        removed = remove_stale_lock(build_dir)
+    except BuildLockedError as err:
+        return BuildResult(False, 0.0, str(err))
+    build_dir.mkdir(parents=True, exist_ok=True)
+    log = build_dir.parent / f"{EXTENSION_NAME}-build.log"
+    code, output = run(timeout_s, log)
+    seconds = time.perf_counter() - start
+    built = built_module_path(build_dir)
+    prefix = f"{removed}; " if removed else ""
+    if code == 0 and built.is_file():
+        clear_decisions()
+        return BuildResult(True, seconds, f"{prefix}built {built}", log)
+    if code == -1:
+        why = f"the build ran past {timeout_s:.0f} s and was stopped (raise --timeout-s)"
+    elif code == 3 or "No CUDA toolkit found" in output:
+        why = "nerfacc found no CUDA toolkit (nvcc is not on PATH)"
+    else:
+        why = "\n".join(_error_lines(output)) or f"the build exited with {code}"
+    return BuildResult(False, seconds, f"{prefix}{why}", log)
