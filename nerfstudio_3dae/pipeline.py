@@ -76,9 +76,9 @@ class ThreeDAEPipeline(VanillaPipeline):
         return cameras.camera_to_worlds[int(of_scene[0]) if len(of_scene) else 0]
 
     def _scene_tables(self) -> Dict[str, torch.Tensor]:
-        """The per-scene parameters by their key in the pipeline's state dict."""
-        params = dict(self.model.named_parameters())
-        return {MODEL_PREFIX + name: params[name] for name in SCENE_TABLES}
+        """The per-scene parameters and buffers (occupancy grids) by their key in the pipeline's state dict."""
+        tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        return {MODEL_PREFIX + name: tensors[name] for name in SCENE_TABLES if name in tensors}
 
     def checkpoint_state(self) -> Dict[str, Any]:
         """``state_dict()`` with whole per-scene tables (collective in a multi-process run: rows gathered from every
