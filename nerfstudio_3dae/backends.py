@@ -316,37 +316,40 @@ def torch_takes_os_lock() -> bool:
     return hasattr(cpp_extension, "FileLock")
 
 
-def _run_build(timeout_s: float, log: Path) -> Tuple[int, str]:
-    """Run :data:`_BUILD_SCRIPT` in a child process (its own process group, killed whole at the timeout)."""
+def _run_child(args: List[str], timeout_s: float, log: Path) -> Tuple[int, str]:
+    """Run ``args`` in its own process group, killed whole (ninja, nvcc) after ``timeout_s``; the exit code (-1 at
+    the timeout) and the output, also written to ``log``."""
     with subprocess.Popen(
-        [sys.executable, "-c", _BUILD_SCRIPT],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     ) as child:
         try:
             output, _ = child.communicate(timeout=timeout_s)
+            code = child.returncode
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             output, _ = child.communicate()
-            log.write_text(output or "")
-            return -1, output or ""
-    log.write_text(output)
-    return child.returncode, output
+            code = -1
+    log.write_text(output or "")
+    return code, output or ""
+
+
+def _run_build(timeout_s: float, log: Path) -> Tuple[int, str]:
+    """nerfacc's own JIT build (:data:`_BUILD_SCRIPT`) in a child process."""
+    return _run_child([sys.executable, "-c", _BUILD_SCRIPT], timeout_s, log)
 
 
 def build_nerfacc(
     timeout_s: float = 1800.0,
     build_dir: Optional[Path] = None,
-    run: Callable[[float, Path], Tuple[int, str]] = _run_build,
+    run: Optional[Callable[[float, Path], Tuple[int, str]]] = None,
 ) -> BuildResult:
     """Build nerfacc's CUDA extension once, outside any training loop, with a time limit.
 
     Removes a stale lock (:func:`remove_stale_lock`), runs nerfacc's own JIT build in a child process (killed after
     ``timeout_s``), and reports the seconds and the built module, or the compiler's error lines and the log. Needs
-    nvcc and the CUDA headers, not a GPU.
+    nvcc and the CUDA headers, not a GPU. ``run(timeout_s, log) -> (exit code, output)`` replaces the child (tests).
     """
+    run = _run_build if run is None else run
     build_dir = nerfacc_build_dir() if build_dir is None else build_dir
     start = time.perf_counter()
     try:

@@ -16,7 +16,45 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from nerfstudio_3dae.autoencoder import small_autoencoder_config  # noqa: E402
+from nerfstudio_3dae.backends import decide_backend  # noqa: E402
 from nerfstudio_3dae.data.layout import Intrinsics, write_scene, write_scenes_index  # noqa: E402
+
+REQUIRE_CUDA_ENV = "NS3DAE_REQUIRE_CUDA"
+"""Set to 1 (scripts/gpu_check.sh does), a ``cuda`` test that cannot run errors instead of skipping."""
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"cuda(nerfacc=False): needs a CUDA device (with nerfacc=True also nerfacc's built extension); skips where it "
+        f"cannot run, errors instead under {REQUIRE_CUDA_ENV}=1. Select them with -m cuda.",
+    )
+
+
+def cuda_unavailable_reason(nerfacc: bool = False) -> Optional[str]:
+    """Why a CUDA test cannot run here (None when it can): no CUDA device, or nerfacc's extension not usable (the
+    reason of :func:`nerfstudio_3dae.backends.decide_backend`, which never compiles)."""
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if nerfacc:
+        decision = decide_backend("auto", "cuda")
+        if decision.backend != "nerfacc":
+            return f"nerfacc cannot be used: {decision.reason}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """The policy of the ``cuda`` marker: skip a test that cannot run, or fail it under NS3DAE_REQUIRE_CUDA=1."""
+    marker = item.get_closest_marker("cuda")
+    if marker is None:
+        return
+    reason = cuda_unavailable_reason(bool(marker.kwargs.get("nerfacc", False)))
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_CUDA_ENV) == "1":
+        pytest.fail(f"{REQUIRE_CUDA_ENV}=1 and this CUDA test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def tiny_test_config(kind: Literal["kl", "tiny"] = "kl", latent_channels: int = 4, factor: int = 8) -> Dict[str, Any]:
