@@ -103,6 +103,12 @@ def built_module_path(build_dir: Path) -> Path:
     return build_dir / f"{EXTENSION_NAME}.so"
 
 
+def build_log_path(build_dir: Path) -> Path:
+    """Where :func:`build_nerfacc` keeps the whole output of its last build (beside the build folder, not in it:
+    nerfacc's loader treats a non-empty folder as a finished build)."""
+    return build_dir.parent / f"{EXTENSION_NAME}-build.log"
+
+
 def lock_is_held(lock: Path) -> bool:
     """Whether a live process holds an OS lock (``flock``) on ``lock``; never waits, never creates the file."""
     try:
@@ -167,10 +173,12 @@ def probe_nerfacc_extension(build_dir: Optional[Path] = None) -> ExtensionProbe:
                 f"`{BUILD_COMMAND}`"
             )  # fmt: skip
     if lock.exists():
+        log = build_log_path(build_dir)
+        seen = f" (the last {BUILD_COMMAND} output: {log})" if log.is_file() else ""
         return ExtensionProbe(
             False,
-            f"stale lock {lock} and no finished {built.name}: an interrupted nerfacc build. Remove it with "
-            f"`rm -r {build_dir}`, or run `{BUILD_COMMAND}` (removes it and builds)",
+            f"stale lock {lock} and no finished {built.name}: an interrupted or failed nerfacc build{seen}. Remove "
+            f"it with `rm -r {build_dir}`, or run `{BUILD_COMMAND}` (removes it and builds)",
         )
     if not build_dir.is_dir():
         state = "does not exist"
@@ -279,12 +287,18 @@ sys.exit(0 if backend._C is not None else 3)
 """The child's program: nerfacc's own loader, which builds into the JIT folder exactly as a training step would."""
 
 
-def _error_lines(output: str, limit: int = 12) -> List[str]:
-    """The lines of a build's output that say what failed: compiler errors first, then the last exception line."""
-    pattern = re.compile(r"(error\b|error:|FAILED|No CUDA toolkit|mismatch|RuntimeError|not found)", re.IGNORECASE)
-    lines = [ln.strip() for ln in output.splitlines() if pattern.search(ln) and not ln.lstrip().startswith("File ")]
-    unique = list(dict.fromkeys(lines))
-    return unique[:limit]
+COMPILER_ERROR = re.compile(r"(\berror\b.*:|: error|fatal error|^FAILED:|^ninja: build stopped)")
+"""Lines of a build's output that say what failed: nvcc's ``file(line): error: ...``, gcc's ``file:l:c: error:``,
+ninja's ``FAILED:`` and its stop."""
+
+
+def error_lines(output: str, limit: int = 12, width: int = 300) -> List[str]:
+    """What a failed build's output says went wrong: its compiler and ninja error lines (each once, at most
+    ``limit``, cut to ``width`` characters), else its last line (the exception: a CUDA version mismatch, ...)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = list(dict.fromkeys(ln for ln in lines if COMPILER_ERROR.search(ln)))
+    chosen = errors[:limit] if errors else lines[-1:]
+    return [ln if len(ln) <= width else ln[: width - 3] + "..." for ln in chosen]
 
 
 def remove_stale_lock(build_dir: Path, stale_after_s: float = STALE_LOCK_AGE_S) -> Optional[str]:
@@ -357,7 +371,7 @@ def build_nerfacc(
     except BuildLockedError as err:
         return BuildResult(False, 0.0, str(err))
     build_dir.mkdir(parents=True, exist_ok=True)
-    log = build_dir.parent / f"{EXTENSION_NAME}-build.log"
+    log = build_log_path(build_dir)
     code, output = run(timeout_s, log)
     seconds = time.perf_counter() - start
     built = built_module_path(build_dir)
@@ -370,5 +384,5 @@ def build_nerfacc(
     elif code == 3 or "No CUDA toolkit found" in output:
         why = "nerfacc found no CUDA toolkit (nvcc is not on PATH)"
     else:
-        why = "\n".join(_error_lines(output)) or f"the build exited with {code}"
+        why = "\n".join(error_lines(output)) or f"the build exited with {code}"
     return BuildResult(False, seconds, f"{prefix}{why}", log)

@@ -275,3 +275,38 @@ def test_cuda_marker_fails_when_cuda_is_required(require: str, code: int, outcom
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == code and outcome in proc.stdout, proc.stdout
+
+
+REAL_BUILD_OUTPUT = """\
+Traceback (most recent call last):
+  File "/venv/site-packages/nerfacc/cuda/_backend.py", line 53, in <module>
+    from nerfacc import csrc as _C
+ImportError: cannot import name 'csrc' from 'nerfacc' (/venv/site-packages/nerfacc/__init__.py)
+subprocess.CalledProcessError: Command '['ninja', '-v', '-j', '2']' returned non-zero exit status 2.
+RuntimeError: Error building extension 'nerfacc_cuda': [1/6] /usr/local/cuda-13.0/bin/nvcc -MD -MF scan.cuda.o.d
+FAILED: [code=2] scan.cuda.o
+/venv/site-packages/nerfacc/cuda/csrc/scan.cu(28): error: namespace "cub" has no member "Equality"
+      do { size_t temp_storage_bytes = 0; cub::DeviceScan::ExclusiveSumByKey(nullptr, temp_storage_bytes, keys,
+/venv/site-packages/nerfacc/cuda/csrc/scan.cu(28): error: namespace "cub" has no member "Equality"
+/venv/site-packages/nerfacc/cuda/csrc/include/utils_math.cuh:1145:44: error: 'float lerp(float, float, float)' \
+conflicts with a previous declaration
+4 errors detected in the compilation of "/venv/site-packages/nerfacc/cuda/csrc/scan.cu".
+ninja: build stopped: subcommand failed.
+"""
+"""Lines of the real build against CUDA 13.0 and torch 2.14.1 (ns-3dae-build-nerfacc, docs/gpu.md), paths cut."""
+
+
+def test_error_lines_of_a_real_build() -> None:
+    lines = backends.error_lines(REAL_BUILD_OUTPUT)
+    assert lines == [
+        "FAILED: [code=2] scan.cuda.o",
+        '/venv/site-packages/nerfacc/cuda/csrc/scan.cu(28): error: namespace "cub" has no member "Equality"',
+        "/venv/site-packages/nerfacc/cuda/csrc/include/utils_math.cuh:1145:44: error: 'float lerp(float, float, "
+        "float)' conflicts with a previous declaration",
+        "ninja: build stopped: subcommand failed.",
+    ]
+    mismatch = "Traceback ...\nRuntimeError: The detected CUDA version (12.8) mismatches the version (13.0)\n"
+    assert backends.error_lines(mismatch) == [
+        "RuntimeError: The detected CUDA version (12.8) mismatches the version (13.0)"
+    ]
+    assert len(backends.error_lines("x" * 1000)[0]) == 300
