@@ -4,6 +4,9 @@ Derives from nerfstudio's ``FullImageDatamanager`` (ns-render's dataset mode and
 batch is ``scenes_per_step × views_per_scene`` views: a ``Cameras`` of that many cameras (their ``metadata``
 carries the scene ids) and a dict with ``image`` ([K, H, W, 3] float in [0, 1]), ``image_idx`` [K], ``scene_id`` [K]
 and, once :meth:`attach_latents` ran, ``latent`` [K, c, h, w].
+
+A batch's rows travel to the training device as they are stored (uint8 images: a quarter of float32's bytes) and
+are made float there; from CPU memory to a GPU through pinned memory, without blocking (:func:`rows_to_device`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,30 @@ from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
 from nerfstudio_3dae.data.images import cached_latents, load_images, views_by_scene
 from nerfstudio_3dae.distributed import owned_scenes, scene_shard
 from nerfstudio_3dae.image_layout import to_float
+
+
+def wants_pinned(source: torch.device | str, target: torch.device | str) -> bool:
+    """Whether rows copied from ``source`` to ``target`` go through pinned (page-locked) host memory: CPU to CUDA
+    only (a CPU target needs no copy; pinning needs CUDA)."""
+    return torch.device(source).type == "cpu" and torch.device(target).type == "cuda"
+
+
+def rows_to_device(store: Tensor, indices: Tensor, device: torch.device | str) -> Tensor:
+    """``store[indices]`` on ``device``, in the store's dtype (convert it there, after the copy).
+
+    The rows are gathered where the store is. From a CPU store to a CUDA device they are gathered straight into
+    pinned memory and copied with ``non_blocking=True`` (the host goes on while the copy runs; torch's pinned-memory
+    cache keeps the buffer until the copy is done). Pinning the store itself would not help: indexing it makes a new,
+    pageable tensor. Where pinned memory cannot be had, the copy is an ordinary one."""
+    device = torch.device(device)
+    if not wants_pinned(store.device, device):
+        return store[indices.to(store.device)].to(device)
+    try:
+        staged = torch.empty((len(indices), *store.shape[1:]), dtype=store.dtype, pin_memory=True)
+    except RuntimeError:  # no pinned memory (e.g. locked-memory limit): pageable copy
+        return store[indices].to(device)
+    torch.index_select(store, 0, indices, out=staged)
+    return staged.to(device, non_blocking=True)
 
 
 @dataclass
@@ -61,7 +88,10 @@ class MultiSceneDatamanager(FullImageDatamanager):
         self.num_scenes: int = self.train_dataparser_outputs.metadata["num_scenes"]
         self.train_scene_ids = self.train_dataset.cameras.metadata[SCENE_ID].squeeze(-1)  # [n]
         self.eval_scene_ids = self.eval_dataset.cameras.metadata[SCENE_ID].squeeze(-1)  # [m]
-        self._train_views = views_by_scene(self.train_scene_ids.tolist(), self.num_scenes)
+        self._train_views: List[List[int]] = [
+            v.tolist() for v in views_by_scene(self.train_scene_ids.tolist(), self.num_scenes)
+        ]
+        """Training view indices of each scene, as Python lists (drawn from every step)."""
         self.owned_scenes: List[int] = owned_scenes(self.num_scenes, *scene_shard())
         """The scenes this process trains (all of them in a single process)."""
         self._rng = random.Random(config.seed)
@@ -123,16 +153,16 @@ class MultiSceneDatamanager(FullImageDatamanager):
     def _batch(self, split: str, indices: Tensor) -> Tuple[Cameras, Dict[str, Tensor]]:
         train = split == "train"
         dataset = self.train_dataset if train else self.eval_dataset
-        images = (self.train_images if train else self.eval_images)[indices]
+        images = rows_to_device(self.train_images if train else self.eval_images, indices, self.device)
         cameras = dataset.cameras[indices].to(self.device)
         batch: Dict[str, Tensor] = {
-            "image": to_float(images).to(self.device),
+            "image": to_float(images),  # uint8 copied, made float on the device
             "image_idx": indices,
-            "scene_id": (self.train_scene_ids if train else self.eval_scene_ids)[indices].to(self.device),
+            "scene_id": rows_to_device(self.train_scene_ids if train else self.eval_scene_ids, indices, self.device),
         }
         latents = self.train_latents if train else self.eval_latents
         if latents is not None:
-            batch["latent"] = latents[indices].to(self.device)
+            batch["latent"] = to_float(rows_to_device(latents, indices, self.device))
         return cameras, batch
 
     def _next_scenes(self, count: int) -> List[int]:
@@ -151,7 +181,7 @@ class MultiSceneDatamanager(FullImageDatamanager):
         scenes = self._next_scenes(min(self.config.scenes_per_step, len(self.owned_scenes)))
         picked: List[int] = []
         for scene in scenes:
-            views = self._train_views[scene].tolist()
+            views = self._train_views[scene]
             picked += self._rng.sample(views, min(self.config.views_per_scene, len(views)))
         return self._batch("train", torch.tensor(picked, dtype=torch.long))
 

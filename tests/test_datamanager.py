@@ -1,4 +1,5 @@
-"""The multi-scene datamanager: batches over several scenes, compact images, the latent cache."""
+"""The multi-scene datamanager: batches over several scenes, compact images (copied as stored, made float on the
+device), the latent cache."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from nerfstudio_3dae import datamanager
 from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
 from nerfstudio_3dae.data.images import decode_image
 from nerfstudio_3dae.data.layout import DatasetError
-from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig
+from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig, rows_to_device, wants_pinned
 
 
 def manager(root, **kwargs):
@@ -90,3 +92,35 @@ def test_evaluating_does_not_change_the_training_batches(tiny_dataset):
         assert torch.equal(got["image_idx"], expected["image_idx"]), f"step {step}: other training views"
     views = [int(busy.next_eval_image(s)[1]["image_idx"]) for s in range(20)]
     assert set(views) == set(range(len(busy.eval_dataset))), "single test views are still drawn from all of them"
+
+
+def test_pinned_copies_only_from_the_cpu_to_a_gpu():
+    assert wants_pinned("cpu", "cuda:0") and wants_pinned(torch.device("cpu"), torch.device("cuda"))
+    assert not wants_pinned("cpu", "cpu"), "a CPU run copies nothing"
+    assert not wants_pinned("cuda:0", "cuda:0"), "images cached on the GPU are gathered there"
+
+
+def test_batches_travel_as_stored_and_are_made_float_after_the_copy(tiny_dataset, tmp_path, monkeypatch):
+    dm = manager(tiny_dataset(num_scenes=2, views=4), latent_cache_dir=tmp_path)
+    dm.attach_latents("ae", lambda images: images[:, :2, :2, :2].permute(0, 3, 1, 2).float() / 255)
+    copied = []
+
+    def recording(store, indices, device):
+        rows = rows_to_device(store, indices, device)
+        copied.append(rows.dtype)
+        return rows
+
+    def no_pinning(*args, pin_memory=False, **kwargs):
+        assert not pin_memory, "no pinned memory on a CPU run"
+        return empty(*args, **kwargs)
+
+    empty = torch.empty
+    monkeypatch.setattr(datamanager, "rows_to_device", recording)
+    monkeypatch.setattr(torch, "empty", no_pinning)
+    _, batch = dm.next_train(0)
+    assert copied == [torch.uint8, torch.long, torch.float32], "images copied as uint8, then scene ids and latents"
+    assert batch["image"].dtype == torch.float32
+    assert torch.equal(batch["image"], dm.train_images[batch["image_idx"]].float() / 255), "the values of before"
+    assert torch.equal(batch["latent"], dm.train_latents[batch["image_idx"]])
+    _, view = dm.fixed_indices_eval_dataloader[1]
+    assert copied[3] == torch.uint8 and torch.equal(view["image"], dm.eval_images[1].float() / 255)
