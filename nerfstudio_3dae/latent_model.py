@@ -121,6 +121,10 @@ class LatentTriplaneModel(TriplaneModel):
         # Which phase's learning-rate change was applied; saved with checkpoints so a resumed run does not
         # scale the rates twice (0: none, 1: joint, 2: finetune).
         self.register_buffer("lr_phase", torch.zeros((), dtype=torch.long))
+        self.lr_phase_applied = 0
+        """Python copy of ``lr_phase``, read every step (reading the buffer on a GPU would wait for the device);
+        refreshed from the buffer whenever a state dict is loaded."""
+        self.register_load_state_dict_post_hook(_refresh_lr_phase)
         self._set_trainable(self.phase)
 
     def _init_bases(self) -> None:
@@ -214,10 +218,11 @@ class LatentTriplaneModel(TriplaneModel):
             self._set_trainable(phase)
             if phase in lr_changes and attrs.optimizers is not None:
                 code, groups, factor = lr_changes[phase]
-                if int(self.lr_phase) < code:
+                if self.lr_phase_applied < code:
                     for group in groups:
                         _scale_lr(attrs.optimizers, group, factor)
                     self.lr_phase.fill_(code)
+                    self.lr_phase_applied = code
 
         return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], before_step)]
 
@@ -300,6 +305,11 @@ class LatentTriplaneModel(TriplaneModel):
         # ground truth | decoded render | the autoencoder alone, D(E(x)): where the decoded render loses its dB
         images = {"img": torch.cat([gt, outputs["rgb"], autoencoded], dim=1), "depth": outputs["depth"]}
         return metrics, images
+
+
+def _refresh_lr_phase(model: LatentTriplaneModel, incompatible_keys) -> None:
+    """Load-state-dict post-hook: the Python copy of ``lr_phase`` follows the loaded buffer (one read per load)."""
+    model.lr_phase_applied = int(model.lr_phase)
 
 
 def _scale_lr(optimizers, group: str, factor: float) -> None:

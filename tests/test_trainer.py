@@ -1,16 +1,27 @@
-"""ThreeDAETrainer: the all-test-views evaluation at the end of a run, and the CPU thread count it measures."""
+"""ThreeDAETrainer: the all-test-views evaluation at the end of a run, the CPU thread count it measures, a resumed
+learning-rate phase, and training steps that never make the host wait for the device in this package's code."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
-from nerfstudio_3dae.method_configs import rgb_method
+import nerfstudio_3dae
+from nerfstudio_3dae.method_configs import latent_method, rgb_method
 from nerfstudio_3dae.trainer import ThreadProbe, evaluates_all_images_at_end
 
+HOST_READS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
+"""Tensor methods that copy a value to the host: on a GPU each waits for every queued kernel."""
+HOT_PATH = ("trainer.py", "pipeline.py", "datamanager.py", "distributed.py", "latent_model.py", "image_layout.py")
+"""This package's modules that run in every training step (model.py and field.py are checked by their own tests)."""
 
-def tiny_trainer(data, out, steps: int, eval_all_every: int):
-    config = rgb_method()
+
+def tiny_trainer(data, out, steps: int, eval_all_every: int, config=None):
+    config = config or rgb_method()
     config.pipeline.datamanager.data = data
     config.pipeline.datamanager.dataparser.test_every = 4
     config.pipeline.datamanager.scenes_per_step = 2
@@ -87,3 +98,65 @@ def test_cpu_training_measures_its_thread_count(tiny_dataset, tmp_path, capsys):
         assert torch.get_num_threads() == 1 and "CPU training on" not in capsys.readouterr().out
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_training_step_reads_no_tensor_back_to_the_host(tiny_dataset, tmp_path, one_thread, monkeypatch):
+    """3dae-latent in its fine-tune phase (the phase whose learning-rate switch is checked every step); any host read
+    of a tensor made by the hot-path modules during training is counted, with where it happened."""
+    config = latent_method()
+    model = config.pipeline.model
+    model.autoencoder, model.scratch_width, model.finetune_start = "scratch", 8, 0
+    config.pipeline.datamanager.cache_images = "cpu"
+    trainer = tiny_trainer(tiny_dataset(num_scenes=2), tmp_path, steps=3, eval_all_every=0, config=config)
+    package = Path(nerfstudio_3dae.__file__).parent
+    watched = {str(package / name) for name in HOT_PATH}
+    reads = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename in watched:
+                reads.append(f"{name} in {Path(caller.co_filename).name}:{caller.co_name}")
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    trainer.train()
+    monkeypatch.undo()
+    assert trainer.pipeline.model.lr_phase_applied == 2 and int(trainer.pipeline.model.lr_phase) == 2
+    assert reads == [], f"host reads in training steps: {reads}"
+
+
+def test_the_learning_rate_phase_follows_a_loaded_checkpoint(tiny_dataset, tmp_path, one_thread):
+    """The per-step check reads a Python copy of ``lr_phase``; a resumed run must read the loaded value there, or
+    it scales its learning rates a second time."""
+
+    def config(finetune_start: int):
+        config = latent_method()
+        model = config.pipeline.model
+        model.autoencoder, model.scratch_width, model.finetune_start = "scratch", 8, finetune_start
+        return config
+
+    data = tiny_dataset(num_scenes=2)
+    first = tiny_trainer(data, tmp_path / "first", steps=2, eval_all_every=0, config=config(1))
+    first.train()  # the fine-tune starts at step 1: rates scaled, lr_phase 2, saved at step 1
+    assert first.pipeline.model.lr_phase_applied == 2
+    resumed_config = config(1)
+    resumed_config.load_dir = first.checkpoint_dir
+    resumed = tiny_trainer(data, tmp_path / "resumed", steps=4, eval_all_every=0, config=resumed_config)
+    assert resumed.pipeline.model.lr_phase_applied == 2, "the copy follows the loaded buffer"
+    rates = {g: o.param_groups[0]["lr"] for g, o in resumed.optimizers.optimizers.items()}
+    for callback in resumed.callbacks:
+        callback.run_callback_at_location(2, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    assert {g: o.param_groups[0]["lr"] for g, o in resumed.optimizers.optimizers.items()} == rates, "not scaled again"
+    fresh = tiny_trainer(data, tmp_path / "fresh", steps=4, eval_all_every=0, config=config(1))
+    before = fresh.optimizers.optimizers["micro"].param_groups[0]["lr"]
+    for callback in fresh.callbacks:
+        callback.run_callback_at_location(2, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+    factor = fresh.pipeline.model.config.finetune_plane_lr_factor
+    assert fresh.optimizers.optimizers["micro"].param_groups[0]["lr"] == pytest.approx(before * factor), "scaled once"
+    assert fresh.pipeline.model.lr_phase_applied == 2 and int(fresh.pipeline.model.lr_phase) == 2
