@@ -10,9 +10,13 @@
   nerfstudio's own check skips it (a run trains steps 0 … N−1 and the check skips step 0), see
   :func:`evaluates_all_images_at_end`.
 * On the CPU the torch thread count is measured, not guessed (``cpu_threads``, :class:`ThreadProbe`).
+* Checkpoints hold CPU tensors only (a run trained on a GPU loads anywhere, with or without ``map_location``).
 * Multi-process runs (scenes sharded over ranks, :mod:`nerfstudio_3dae.distributed`): every rank takes part in a
-  save (the per-scene rows and their optimiser state are gathered), rank 0 writes it; the shared parameters'
-  gradients are averaged over the ranks before each optimiser step (:class:`ShardedOptimizers`).
+  save (the per-scene rows and their optimiser state are gathered into rank 0's CPU memory), rank 0 writes it; the
+  shared parameters' gradients are averaged over the ranks before each optimiser step (:class:`ShardedOptimizers`);
+  mixed precision uses one gradient scale on every rank, and a step with an inf/NaN gradient on any rank is skipped
+  on all of them (torch's ``ShardedGradScaler``); pausing in the viewer (rank 0) pauses every rank: before each step
+  the ranks learn rank 0's state and wait with it (:func:`~nerfstudio_3dae.distributed.follow_main`).
 """
 
 from __future__ import annotations
@@ -32,9 +36,23 @@ from nerfstudio.utils import comms, writer
 from nerfstudio.utils.decorators import check_eval_enabled
 from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
+from torch.amp.grad_scaler import GradScaler
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn import Parameter
 
-from nerfstudio_3dae.distributed import average_gradients, gather_optimizer_state, own_optimizer_state, scene_shard
+from nerfstudio_3dae.distributed import (
+    PAUSE_KEEPALIVE_S,
+    PAUSED,
+    STOP,
+    TRAIN,
+    average_gradients,
+    follow_main,
+    gather_optimizer_state,
+    is_sharded,
+    own_optimizer_state,
+    scene_shard,
+    to_device,
+)
 from nerfstudio_3dae.model import SCENE_PARAM_GROUPS
 from nerfstudio_3dae.sparse_adam import RowSparseAdam
 
@@ -114,6 +132,17 @@ def atomic_torch_save(obj, path: Path) -> None:
         raise
 
 
+def sharded_grad_scaler(scaler: GradScaler, device: str) -> GradScaler:
+    """The grad scaler of a multi-process run: torch's ``ShardedGradScaler``, enabled as ``scaler`` is, for the
+    ``device`` the run trains on. Its inf/NaN check is summed over the ranks, so every rank skips the same steps and
+    keeps the same scale (with one ``GradScaler`` per rank, a step skipped on one rank only would make them diverge).
+    ``scaler``'s settings and state (scale, growth and backoff) are carried over."""
+    sharded = ShardedGradScaler(str(device).split(":")[0], enabled=scaler.is_enabled())
+    if scaler.is_enabled():
+        sharded.load_state_dict(scaler.state_dict())
+    return sharded
+
+
 class ShardedOptimizers(Optimizers):
     """nerfstudio's ``Optimizers`` for scenes sharded over ranks (plain ``Optimizers`` in a single process).
 
@@ -122,6 +151,10 @@ class ShardedOptimizers(Optimizers):
     ranks: both are then the gradients of the mean loss over all ranks' batches, as one process with the union of
     the batches computes them. Their state is gathered into whole tables
     for a checkpoint (:meth:`checkpoint_state`) and sliced back to the rank's rows when loaded.
+
+    With a grad scaler (mixed precision) every rank scales its loss by the same factor, so the averaged scaled
+    gradients are the scaled average; every optimiser is then unscaled on every rank, in the same order, by a
+    ``ShardedGradScaler`` (which sums the inf/NaN flags over the ranks), before any step.
     """
 
     def __init__(
@@ -152,13 +185,28 @@ class ShardedOptimizers(Optimizers):
         self._average(list(self.optimizers))
         super().optimizer_step_all()
 
-    def optimizer_scaler_step_all(self, grad_scaler) -> None:
-        self._average(list(self.optimizers))
-        super().optimizer_scaler_step_all(grad_scaler)
+    def optimizer_scaler_step_all(self, grad_scaler: GradScaler) -> None:
+        self.optimizer_scaler_step_some(grad_scaler, list(self.optimizers))
 
-    def optimizer_scaler_step_some(self, grad_scaler, param_groups: List[str]) -> None:
+    def optimizer_scaler_step_some(self, grad_scaler: GradScaler, param_groups: List[str]) -> None:
         self._average(param_groups)
-        super().optimizer_scaler_step_some(grad_scaler, param_groups)
+        if not is_sharded() or not grad_scaler.is_enabled():
+            super().optimizer_scaler_step_some(grad_scaler, param_groups)
+            return
+        if not isinstance(grad_scaler, ShardedGradScaler):
+            raise ValueError(
+                "--mixed-precision True (or --use-grad-scaler True) with several processes needs one grad scale "
+                "for all ranks: use ThreeDAETrainer (its ShardedGradScaler), not a GradScaler per rank"
+            )
+        for group in param_groups:  # the same groups in the same order on every rank: unscale_ is collective
+            grad_scaler.unscale_(self.optimizers[group])
+        for group in param_groups:
+            optimizer = self.optimizers[group]
+            max_norm = self.config[group]["optimizer"].max_norm
+            if max_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.parameters[group], max_norm)
+            if any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
+                grad_scaler.step(optimizer)  # skipped on every rank alike when any rank found inf/NaN
 
     def checkpoint_state(self) -> Dict[str, Any]:
         """Every optimiser's ``state_dict``, the per-scene ones with whole tables (collective)."""
@@ -184,6 +232,43 @@ class ShardedOptimizers(Optimizers):
 
 class ThreeDAETrainer(Trainer):
     config: ThreeDAETrainerConfig
+
+    pause_keepalive_s: float = PAUSE_KEEPALIVE_S
+    """While paused in the viewer, how often rank 0 tells the waiting ranks (multi-process runs)."""
+
+    def __init__(self, config: ThreeDAETrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
+        self._gated = False
+        super().__init__(config, local_rank=local_rank, world_size=world_size)
+        if is_sharded():
+            self.grad_scaler = sharded_grad_scaler(self.grad_scaler, self.device)
+
+    @property
+    def step(self) -> int:
+        """The current step. nerfstudio's loop sets it first thing in every iteration; in a multi-process run that
+        is where every rank learns rank 0's state (:meth:`_follow_main`)."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = value
+        if self._gated:
+            self._follow_main()
+
+    def _main_code(self) -> int:
+        """Rank 0's state for the other ranks: stop, paused (viewer) or train."""
+        if self.stop_training:
+            return STOP
+        return PAUSED if self.training_state == "paused" else TRAIN
+
+    def _follow_main(self) -> None:
+        """Wait while rank 0 is paused (every rank, rank 0 included, leaves together); stop when rank 0 stops. The
+        loop's own pause check then finds every rank training (or stopping)."""
+        main = comms.is_main_process()
+        code = follow_main(self._main_code if main else None, keepalive_s=self.pause_keepalive_s)
+        if code == STOP:
+            self.stop_training = True
+        elif not main:
+            self.training_state = "training"  # e.g. --start-paused: only rank 0's viewer can resume it
 
     def setup_optimizers(self) -> Optimizers:
         return ShardedOptimizers(
@@ -215,7 +300,11 @@ class ThreeDAETrainer(Trainer):
                 torch.set_num_threads(self.config.cpu_threads)
             elif torch.get_num_threads() > 1:
                 self._thread_probe = ThreadProbe((1, torch.get_num_threads()))
-        super().train()
+        self._gated = is_sharded()
+        try:
+            super().train()
+        finally:
+            self._gated = False
 
     def train_iteration(self, step: int):
         probe = getattr(self, "_thread_probe", None)
@@ -262,6 +351,7 @@ class ThreeDAETrainer(Trainer):
         }
         if not comms.is_main_process():
             return
+        state = to_device(state, "cpu")  # loads without the training device (the gathered tables already are)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         atomic_torch_save(state, ckpt_path)

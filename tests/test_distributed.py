@@ -16,12 +16,19 @@ import torch.multiprocessing as mp
 
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.distributed import (
+    PAUSED,
+    STOP,
+    TRAIN,
     average_gradients,
+    follow_main,
+    gather_optimizer_state,
     gather_scene_rows,
     own_optimizer_state,
     own_rows,
     owned_scenes,
     rows_of,
+    to_device,
+    transport_device,
 )
 from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
 from nerfstudio_3dae.triplanes import TriplaneBank
@@ -60,6 +67,43 @@ def test_seeded_rows_start_the_same_in_any_table():
         TriplaneBank(2, 4, 2, 3, 2, row_seeds=[1, 2, 3])
 
 
+def test_collectives_move_tensors_where_the_backend_takes_them():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 1)
+    assert transport_device("gloo", gpu) == cpu, "gloo gathers CPU tensors"
+    assert transport_device("gloo", cpu) == cpu
+    assert transport_device("nccl", gpu) == gpu, "NCCL moves device tensors, on their own device"
+    assert transport_device("cpu:gloo,cuda:nccl", cpu) == cpu and transport_device("cpu:gloo,cuda:nccl", gpu) == gpu
+
+
+def test_to_device_moves_every_tensor_of_a_nested_state():
+    state = {"step": 3, "pipeline": {"w": torch.ones(2)}, "optimizers": [{"m": torch.zeros(1)}, ("x", torch.ones(()))]}
+    moved = to_device(state, "meta")
+    assert moved["step"] == 3 and moved["optimizers"][1][0] == "x"
+    tensors = [moved["pipeline"]["w"], moved["optimizers"][0]["m"], moved["optimizers"][1][1]]
+    assert all(t.device.type == "meta" for t in tensors) and isinstance(moved["optimizers"][1], tuple)
+    assert state["pipeline"]["w"].device.type == "cpu", "the input is left as it was"
+
+
+def test_follow_main_waits_while_rank_0_is_paused():
+    sent, now = [], [0.0]
+
+    def exchange(code):
+        sent.append(code)
+        return code
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    states = iter([PAUSED] * 25 + [TRAIN])  # paused for 25 polls of 0.1 s
+    code = follow_main(lambda: next(states), exchange, keepalive_s=1.0, poll_s=0.1, clock=lambda: now[0], sleep=sleep)
+    assert code == TRAIN and sent == [PAUSED, PAUSED, PAUSED, TRAIN], "told at once, then every second, then go"
+    sent.clear()
+    assert follow_main(lambda: TRAIN, exchange) == TRAIN and sent == [TRAIN], "one exchange when nobody pauses"
+    assert follow_main(lambda: STOP, exchange) == STOP
+    heard = iter([PAUSED, PAUSED, STOP])
+    assert follow_main(None, lambda code: next(heard)) == STOP, "the other ranks wait for rank 0's decision"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -79,6 +123,20 @@ def _collectives(rank: int, port: int, results) -> None:
             only_rank1.grad = torch.full((2,), 4.0)  # rank 0 counts zero: mean 2
         average_gradients([shared, only_rank1, unused])
         results[rank] = (whole.tolist(), shared.grad.tolist(), only_rank1.grad.tolist(), unused.grad)
+        # 7 scenes: rank 0 holds 0 2 4 6, rank 1 holds 1 3 5; rows of several dtypes, in blocks of one row per rank
+        scenes = torch.tensor(owned_scenes(7, rank, 2))
+        tables = {
+            "float": scenes[:, None, None].float() + torch.arange(6.0).reshape(1, 2, 3) / 10,
+            "int64": scenes * 1000,
+            "bool": (scenes % 3 == 0)[:, None].expand(-1, 4).contiguous(),
+        }
+        blocked = {name: gather_scene_rows(t, 7, block_bytes=1) for name, t in tables.items()}
+        default = {name: gather_scene_rows(t, 7) for name, t in tables.items()}
+        optimizer = {"state": {0: {"exp_avg": tables["float"], "step": torch.tensor(5.0)}}, "param_groups": [0]}
+        gathered = gather_optimizer_state(optimizer, 7, block_bytes=50)
+        results[f"blocks{rank}"] = (blocked, default, gathered)
+        with pytest.raises(ValueError, match="block_bytes must be >= 1"):
+            gather_scene_rows(tables["float"], 7, block_bytes=0)
     finally:
         dist.destroy_process_group()
 
@@ -93,6 +151,21 @@ def test_gather_and_gradient_averaging_on_two_gloo_processes():
         else:
             assert whole == [[1.0] * 2, [3.0] * 2], "other ranks keep their own rows, never the whole table"
         assert shared == [1.5] * 3 and only_rank1 == [2.0, 2.0] and unused is None
+    blocked, default, gathered = results["blocks0"]
+    scenes = torch.arange(7)
+    expected = {
+        "float": scenes[:, None, None].float() + torch.arange(6.0).reshape(1, 2, 3) / 10,
+        "int64": scenes * 1000,
+        "bool": (scenes % 3 == 0)[:, None].expand(-1, 4),
+    }
+    for name, table in expected.items():
+        for got in (blocked[name], default[name]):
+            assert got.device.type == "cpu" and got.dtype == table.dtype, name
+            assert torch.equal(got, table), f"{name}: every scene's row in scene order"
+    assert torch.equal(gathered["state"][0]["exp_avg"], expected["float"]) and float(gathered["state"][0]["step"]) == 5
+    assert gathered["param_groups"] == [0]
+    blocked, _, gathered = results["blocks1"]
+    assert blocked["int64"].tolist() == [1000, 3000, 5000], "other ranks keep their own rows"
 
 
 # ------------------------------------------------------------------------------------------------ whole runs
