@@ -44,6 +44,14 @@ class ThreeDAEPipelineConfig(VanillaPipelineConfig):
     """Stage 1: write <run>/autoencoder/ (diffusers folder + bases.pt) every this many steps and at the end."""
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait until ``device`` finished its queued work when it is a CUDA device (kernels run asynchronously: a clock
+    read without this times their launch, not their run); nothing for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class ThreeDAEPipeline(VanillaPipeline):
     config: ThreeDAEPipelineConfig
 
@@ -82,7 +90,7 @@ class ThreeDAEPipeline(VanillaPipeline):
 
     def checkpoint_state(self) -> Dict[str, Any]:
         """``state_dict()`` with whole per-scene tables (collective in a multi-process run: rows gathered from every
-        rank), so a checkpoint loads in any number of processes."""
+        rank into rank 0's CPU memory, in blocks), so a checkpoint loads in any number of processes."""
         state = self.state_dict()
         for key in self._scene_tables():
             state[key] = gather_scene_rows(state[key], self.model.num_scenes)
@@ -150,8 +158,10 @@ class ThreeDAEPipeline(VanillaPipeline):
         per_view = []
         seconds = 0.0
         for index, (camera, batch) in enumerate(self.datamanager.fixed_indices_eval_dataloader):
+            synchronize(self.device)
             start = time.perf_counter()
             outputs = self.model.get_outputs_for_camera(camera)
+            synchronize(self.device)
             seconds += time.perf_counter() - start
             metrics, images = self.model.get_image_metrics_and_images(outputs, batch)
             per_view.append((names[int(batch["scene_id"])], metrics))
