@@ -18,6 +18,7 @@ from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked
 from nerfstudio_3dae.rendering import render_rays
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
 
@@ -72,13 +73,26 @@ def camera_rays(
 
 
 class TriplaneField(nn.Module):
-    """Per-scene Tri-Planes (shared bases) + the shared MLP, rendered along camera rays."""
+    """Per-scene Tri-Planes (shared bases) + the shared MLP, rendered along camera rays.
 
-    def __init__(self, bank: TriplaneBank, mlp: TriplaneMLP, settings: RenderSettings):
+    With ``occupancy`` (per-scene grids, one row per row of the bank) the field is evaluated only at samples in
+    occupied cells, and every training render updates the grids of its scenes (:mod:`nerfstudio_3dae.occupancy`).
+    ``points_decoded`` counts the samples the field evaluated (all renders of this process)."""
+
+    def __init__(
+        self,
+        bank: TriplaneBank,
+        mlp: TriplaneMLP,
+        settings: RenderSettings,
+        occupancy: Optional[OccupancyGrids] = None,
+    ):
         super().__init__()
         self.bank = bank
         self.mlp = mlp
         self.settings = settings
+        self.occupancy = occupancy
+        self.points_decoded = 0
+        """Samples (points) the field has evaluated so far: what skipping empty space saves."""
 
     def render(
         self,
@@ -103,6 +117,8 @@ class TriplaneField(nn.Module):
         origins, directions, (h, w) = camera_rays(cameras, downscale)  # [K, hw, 3]
         k, n = origins.shape[:2]
         planes = self.bank.planes(scene_ids)  # [K, 3, C, R, R]
+        if self.occupancy is not None and self.training and torch.is_grad_enabled():
+            self.occupancy.train_batch(scene_ids, lambda first: self._density_fn(planes[first].detach()))
         recorded = bool(checkpoint_rays) and torch.is_grad_enabled()
         limit = checkpoint_rays if recorded else max_rays
         step = n if not limit else max(1, limit // k)
@@ -110,7 +126,9 @@ class TriplaneField(nn.Module):
         if recorded and step < n:
             render_chunk = functools.partial(checkpoint, self._render_rays, use_reentrant=False)
         chunks = [
-            render_chunk(planes, origins[:, i : i + step], directions[:, i : i + step], background, deterministic)
+            render_chunk(
+                planes, scene_ids, origins[:, i : i + step], directions[:, i : i + step], background, deterministic
+            )
             for i in range(0, n, step)
         ]
 
@@ -124,9 +142,20 @@ class TriplaneField(nn.Module):
             "planes": planes,
         }
 
+    def _density_fn(self, planes: Float[Tensor, "U 3 C R R"]):
+        """Points ``[U, P, 3]`` of these scenes → their density ``[U, P, 1]`` (0 outside the box)."""
+        return lambda points: decode_points(planes, self.mlp, points, True)[0]
+
+    def _decode(
+        self, planes: Float[Tensor, "K 3 C R R"], points: Float[Tensor, "K P 3"]
+    ) -> Tuple[Float[Tensor, "K P 1"], Float[Tensor, "K P c"]]:
+        self.points_decoded += points.shape[0] * points.shape[1]
+        return decode_points(planes, self.mlp, points, False)
+
     def _render_rays(
         self,
         planes: Float[Tensor, "K 3 C R R"],
+        rows: Int[Tensor, "K"],
         origins: Float[Tensor, "K m 3"],
         directions: Float[Tensor, "K m 3"],
         background: Float[Tensor, "c"],
@@ -137,7 +166,12 @@ class TriplaneField(nn.Module):
 
         def field_fn(points: Float[Tensor, "R S 3"]) -> Tuple[Tensor, Tensor]:
             num_samples = points.shape[1]  # rays are camera-major: R = K * m
-            density, values = decode_points(planes, self.mlp, points.reshape(k, m * num_samples, 3), False)
+            flat = points.reshape(k, m * num_samples, 3)
+            if self.occupancy is None:
+                density, values = self._decode(planes, flat)
+            else:
+                mask = self.occupancy.mask(rows, flat)
+                density, values = decode_masked(lambda p: self._decode(planes, p), flat, mask)
             return density.reshape(k * m, num_samples, 1), values.reshape(k * m, num_samples, -1)
 
         out = render_rays(

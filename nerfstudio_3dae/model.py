@@ -28,6 +28,7 @@ from nerfstudio_3dae.distributed import broadcast_object, owned_scenes, rows_of,
 from nerfstudio_3dae.field import RenderSettings, TriplaneField
 from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
 from nerfstudio_3dae.metrics import rgb_metrics
+from nerfstudio_3dae.occupancy import OccupancyGrids, density_threshold
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
 
 allow_nerfstudio_checkpoints()
@@ -36,8 +37,15 @@ SCENE_ENV = "NS3DAE_SCENE"
 """Environment variable read once when a model is built: the initial :attr:`TriplaneModel.scene`. Only for the stock
 ``ns-render`` / ``ns-viewer``, which build the model themselves; code that holds the model sets ``model.scene``."""
 
-SCENE_TABLES = ("field.bank.micro", "field.bank.weights", "field.bank.bias")
-"""Parameters with one row per scene (sharded over the ranks of a multi-process run)."""
+SCENE_TABLES = (
+    "field.bank.micro",
+    "field.bank.weights",
+    "field.bank.bias",
+    "field.occupancy.bits",
+    "field.occupancy.visits",
+)
+"""Parameters and buffers with one row per scene (sharded over the ranks of a multi-process run; the occupancy
+grids exist only with ``occupancy_resolution > 0``)."""
 SCENE_PARAM_GROUPS = ("micro", "mixing")
 """Optimiser groups of the per-scene tables (their state is per row too)."""
 
@@ -82,6 +90,17 @@ class TriplaneModelConfig(ModelConfig):
     """Weight of the plane total-variation regulariser."""
     backend: Literal["auto", "torch", "nerfacc"] = "auto"
     """Sampling/compositing backend: nerfacc on CUDA ('auto'), or pure torch."""
+    occupancy_resolution: int = 32
+    """Cells per side of each scene's occupancy grid over the scene box: the field is evaluated only at samples in
+    cells where the scene's own density was found (empty space is skipped; 4 KiB per scene at 32, a bit per cell).
+    Capped at the tri-plane resolution (finer cells than texels tell nothing more). 0: no grids, every sample inside
+    the box is evaluated."""
+    occupancy_alpha: float = 0.01
+    """A cell is empty when its density would make less than this opacity over one coarse sample interval."""
+    occupancy_warmup: int = 50
+    """Training batches that must have held a scene before its grid is used (a fresh scene has no empty space yet)."""
+    occupancy_update_every: int = 8
+    """Training batches between two updates of the grids of the batch's scenes."""
     max_rays_per_chunk: int = 16384
     """Rays rendered at once when rendering for eval/viewer (bounds memory on large images)."""
     train_rays_per_chunk: int = 32768
@@ -129,10 +148,27 @@ class TriplaneModel(Model):
             row_seeds=[seed + s for s in self.owned_scenes],
         )
         mlp = TriplaneMLP(bank.num_channels, self.output_channels, c.hidden_dim, self.output_range)
-        settings = RenderSettings(
-            c.near, c.far, c.num_coarse_samples, c.num_fine_samples, float(self.scene_box.aabb.abs().max()), c.backend
+        bound = float(self.scene_box.aabb.abs().max())
+        settings = RenderSettings(c.near, c.far, c.num_coarse_samples, c.num_fine_samples, bound, c.backend)
+        self.field = TriplaneField(bank, mlp, settings, self._occupancy_grids(bound))
+
+    def _occupancy_grids(self, bound: float) -> Optional[OccupancyGrids]:
+        c = self.config
+        if c.occupancy_resolution <= 0:
+            return None
+        interval = (c.far - c.near) / max(c.num_coarse_samples, 1)
+        try:
+            threshold = density_threshold(c.occupancy_alpha, interval)
+        except ValueError as error:
+            raise ValueError(f"--pipeline.model.occupancy-alpha: {error}") from None
+        return OccupancyGrids(
+            len(self.owned_scenes),
+            min(c.occupancy_resolution, c.resolution),
+            bound,
+            threshold,
+            c.occupancy_warmup,
+            c.occupancy_update_every,
         )
-        self.field = TriplaneField(bank, mlp, settings)
 
     @property
     def scene(self) -> int:
@@ -175,7 +211,9 @@ class TriplaneModel(Model):
             ids = torch.as_tensor(cameras.metadata[SCENE_ID], device=self.device).reshape(-1).long()
         else:
             ids = torch.full((k,), self.scene, dtype=torch.long, device=self.device)
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.num_scenes):
+        # Checked where it costs nothing: ids on a GPU would need a device-to-host sync every step (the datamanager's
+        # ids come from the dataparser, and an id past the tables still fails in the row lookup's bounds check).
+        if ids.device.type == "cpu" and ids.numel() and (ids.min() < 0 or ids.max() >= self.num_scenes):
             raise ValueError(f"scene id out of range: this model holds {self.num_scenes} scenes, got {ids.tolist()}")
         return ids
 

@@ -1,0 +1,201 @@
+"""Per-scene occupancy grids: sampling skips the empty space of each scene.
+
+Every scene keeps a ``G³`` boolean grid over its box ``[-bound, bound]³`` (cell ``(i, j, k)`` spans
+``x ∈ [-bound + i·2bound/G, …)``, likewise ``y`` with ``j`` and ``z`` with ``k``). A cell is occupied when the
+scene's own density at a random point of the cell exceeds a threshold (one random point per cell and update, as
+nerfacc's ``OccGridEstimator`` does for one scene), dilated by ``dilation`` cells so that matter between two update
+points is kept, and so that a surface can grow into the cells next to it. The threshold is the density whose opacity
+over one coarse sample interval ``δ`` is ``alpha``, ``σ = −ln(1 − alpha) / δ``, or the scene's mean cell density
+where that is lower (:func:`occupied_cells`).
+
+The field is queried only at samples inside occupied cells (:func:`decode_masked`); the others get density 0, as
+points outside the box always did. A scene's grid is used only after ``warmup`` training batches held the scene
+(a fresh scene's density is near-uniform, and a cell marked empty gets no samples, hence no gradient, until an update
+finds density there again); before that every cell inside the box counts as occupied.
+
+Pure tensor functions plus :class:`OccupancyGrids`, the per-scene tables (a ``G³``-cell grid packed eight cells a
+byte and an int32 visit count per scene: 4 KiB + 4 B per scene at G = 32), which live beside the per-scene planes and
+are sharded with them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Tuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int, UInt8
+from torch import Tensor, nn
+
+DensityFn = Callable[[Float[Tensor, "S P 3"]], Float[Tensor, "S P 1"]]
+
+
+def density_threshold(alpha: float, interval: float) -> float:
+    """The density ``σ`` whose opacity over an interval of length ``interval`` is ``alpha``: ``−ln(1 − α) / δ``."""
+    if not 0.0 < alpha < 1.0 or interval <= 0:
+        raise ValueError(f"occupancy threshold needs 0 < alpha < 1 and a positive interval, got {alpha}, {interval}")
+    return -math.log1p(-alpha) / interval
+
+
+def cell_points(
+    resolution: int, bound: float, num_scenes: int, jitter: bool, device: torch.device
+) -> Float[Tensor, "S G3 3"]:
+    """One point in every cell of each of ``num_scenes`` grids: a uniformly random one (``jitter``) or the centre.
+    Cell ``(i, j, k)`` is entry ``(i·G + j)·G + k`` of the flattened grid."""
+    g = torch.arange(resolution, device=device, dtype=torch.float32)
+    i, j, k = torch.meshgrid(g, g, g, indexing="ij")
+    corner = torch.stack([i, j, k], dim=-1).reshape(1, -1, 3)  # [1, G³, 3] in cell units
+    offset = torch.rand(num_scenes, *corner.shape[1:], device=device) if jitter else torch.full_like(corner, 0.5)
+    return (corner + offset) * (2.0 * bound / resolution) - bound
+
+
+def occupied_cells(
+    density: Float[Tensor, "S G3"], resolution: int, threshold: float, dilation: int = 1
+) -> Bool[Tensor, "S G G G"]:
+    """Cells whose density exceeds the scene's threshold, grown by ``dilation`` cells in every direction
+    (26-neighbourhood).
+
+    A scene's threshold is ``threshold`` or, where lower, its mean cell density (as nerfacc's estimator does): while
+    a scene's density is still faint everywhere, its densest cells stay occupied. A scene with no cell above its
+    threshold (a uniform density) keeps every cell: nothing is known to be empty."""
+    per_scene = torch.minimum(density.mean(dim=1, keepdim=True), torch.full_like(density[:, :1], threshold))
+    above = density > per_scene
+    above |= ~above.any(dim=1, keepdim=True)
+    occupied = above.reshape(-1, 1, resolution, resolution, resolution).float()
+    if dilation > 0:
+        occupied = F.max_pool3d(occupied, kernel_size=2 * dilation + 1, stride=1, padding=dilation)
+    return occupied[:, 0] > 0
+
+
+def pack_cells(grids: Bool[Tensor, "S G G G"]) -> UInt8[Tensor, "S B"]:
+    """Grids as bits, eight cells a byte (cell ``c`` is bit ``c % 8`` of byte ``c // 8``; ``B = ⌈G³ / 8⌉``)."""
+    flat = grids.reshape(grids.shape[0], -1)
+    flat = F.pad(flat.to(torch.uint8), (0, -flat.shape[1] % 8))
+    weights = torch.tensor([1 << b for b in range(8)], dtype=torch.int32, device=grids.device)
+    return (flat.reshape(flat.shape[0], -1, 8).to(torch.int32) * weights).sum(dim=-1).to(torch.uint8)
+
+
+def unpack_cells(bits: UInt8[Tensor, "S B"], resolution: int) -> Bool[Tensor, "S G G G"]:
+    """The grids of :func:`pack_cells`."""
+    shifts = torch.arange(8, device=bits.device)
+    flat = (bits[..., None].to(torch.int32) >> shifts) & 1  # [S, B, 8]
+    return flat.reshape(bits.shape[0], -1)[:, : resolution**3].bool().reshape(-1, resolution, resolution, resolution)
+
+
+def lookup(
+    bits: UInt8[Tensor, "K B"], points: Float[Tensor, "K P 3"], bound: float, resolution: int
+) -> Bool[Tensor, "K P"]:
+    """Whether each point of camera ``k`` lies in an occupied cell of its packed grid ``bits[k]``; False outside
+    the box."""
+    inside = (points.abs() <= bound).all(dim=-1)
+    cell = ((points + bound) * (resolution / (2.0 * bound))).long().clamp(0, resolution - 1)  # [K, P, 3]
+    flat = (cell[..., 0] * resolution + cell[..., 1]) * resolution + cell[..., 2]
+    byte = bits.gather(1, flat >> 3).to(torch.int64)
+    return inside & (((byte >> (flat & 7)) & 1) > 0)
+
+
+def decode_masked(
+    decode: Callable[[Float[Tensor, "K Q 3"]], Tuple[Float[Tensor, "K Q 1"], Float[Tensor, "K Q c"]]],
+    points: Float[Tensor, "K P 3"],
+    mask: Bool[Tensor, "K P"],
+) -> Tuple[Float[Tensor, "K P 1"], Float[Tensor, "K P c"]]:
+    """``decode`` evaluated only where ``mask`` holds: density and values are 0 elsewhere (gradients flow to the
+    evaluated points only).
+
+    Each camera's selected points are moved to the front of its row (a stable sort of the mask) and the rows are cut
+    to the largest count ``Q``, so one batched ``decode`` call serves every camera; the padding of rows with fewer
+    points is zeroed. ``Q`` is read on the host (one sync per call)."""
+    counts = mask.sum(dim=1)  # [K]
+    q = int(counts.max()) if mask.numel() else 0
+    order = torch.argsort(mask.to(torch.uint8), dim=1, descending=True, stable=True)[:, :q]  # [K, Q]
+    valid = (torch.arange(q, device=points.device)[None] < counts[:, None])[..., None]  # [K, Q, 1]
+    density_q, values_q = decode(points.gather(1, order[..., None].expand(-1, -1, 3)))
+    density_q = density_q * valid
+    values_q = values_q * valid
+    k, p = mask.shape
+    density = density_q.new_zeros(k, p, 1).scatter(1, order[..., None], density_q)
+    values = values_q.new_zeros(k, p, values_q.shape[-1]).scatter(
+        1, order[..., None].expand(-1, -1, values_q.shape[-1]), values_q
+    )
+    return density, values
+
+
+class OccupancyGrids(nn.Module):
+    """Occupancy grids of ``num_scenes`` scenes (rows, like the per-scene planes) and how often each was trained.
+
+    Buffers: ``bits [N, ⌈G³/8⌉]`` uint8, the grids packed eight cells a byte (all occupied at first; :attr:`grid`
+    unpacks them), and ``visits [N]`` int32 (training batches that held the scene). :meth:`mask` says which samples
+    the field must evaluate; :meth:`update` recomputes grids from density.
+    """
+
+    def __init__(
+        self,
+        num_scenes: int,
+        resolution: int,
+        bound: float,
+        threshold: float,
+        warmup: int,
+        update_every: int = 8,
+        dilation: int = 1,
+    ) -> None:
+        super().__init__()
+        if resolution < 1 or update_every < 1 or warmup < 0 or dilation < 0:
+            raise ValueError(
+                f"occupancy grids need resolution >= 1, update_every >= 1, warmup >= 0 and dilation >= 0, got "
+                f"{resolution}, {update_every}, {warmup}, {dilation}"
+            )
+        self.update_every = update_every
+        self.trained_batches = 0
+        """Training batches seen by this process (not saved: it only sets the cadence of :meth:`train_batch`)."""
+        self.resolution = resolution
+        self.bound = bound
+        self.threshold = threshold
+        self.warmup = warmup
+        self.dilation = dilation
+        full = torch.ones(num_scenes, resolution, resolution, resolution, dtype=torch.bool)
+        self.register_buffer("bits", pack_cells(full))
+        self.register_buffer("visits", torch.zeros(num_scenes, dtype=torch.int32))
+
+    def mask(self, rows: Int[Tensor, "K"], points: Float[Tensor, "K P 3"]) -> Bool[Tensor, "K P"]:
+        """Samples to evaluate: inside the box and, for scenes past their warm-up, in an occupied cell."""
+        occupied = lookup(self.bits[rows], points, self.bound, self.resolution)
+        inside = (points.abs() <= self.bound).all(dim=-1)
+        warm = (self.visits[rows] >= self.warmup)[:, None]
+        return torch.where(warm, occupied, inside)
+
+    def visit(self, rows: Int[Tensor, "K"]) -> None:
+        """Count one training batch for each distinct scene of ``rows``."""
+        seen = torch.zeros_like(self.visits, dtype=torch.bool).index_fill_(0, rows, True)
+        self.visits += seen.to(self.visits.dtype)
+
+    @torch.no_grad()
+    def update(self, rows: Int[Tensor, "U"], density_fn: DensityFn) -> None:
+        """Recompute the grids of the distinct scenes ``rows`` from ``density_fn`` (points ``[U, G³, 3]`` of each
+        scene → its density), at one random point per cell."""
+        points = cell_points(self.resolution, self.bound, rows.shape[0], True, self.bits.device)
+        density = density_fn(points)[..., 0]
+        self.bits[rows] = pack_cells(occupied_cells(density, self.resolution, self.threshold, self.dilation))
+
+    @property
+    def grid(self) -> Bool[Tensor, "N G G G"]:
+        """The grids, unpacked."""
+        return unpack_cells(self.bits, self.resolution)
+
+    def train_batch(self, rows: Int[Tensor, "K"], density_of_rows: Callable[[Tensor], DensityFn]) -> None:
+        """Bookkeeping of one training batch (``rows``: the scene row of each camera): count the visits and, every
+        ``update_every`` batches, update the grids of the batch's scenes (``density_of_rows(first)`` gives the
+        density function of the scenes of cameras ``first``, one camera per distinct scene)."""
+        self.visit(rows)
+        self.trained_batches += 1
+        if self.trained_batches % self.update_every:
+            return
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        cameras = torch.arange(rows.shape[0], device=rows.device)
+        first = torch.full_like(unique, rows.shape[0]).scatter_reduce(0, inverse, cameras, reduce="amin")
+        self.update(unique, density_of_rows(first))
+
+    def occupied_fraction(self) -> Float[Tensor, "N"]:
+        """Share of occupied cells of each scene."""
+        grid = self.grid
+        return grid.reshape(grid.shape[0], -1).float().mean(dim=1)
