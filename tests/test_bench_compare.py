@@ -14,15 +14,8 @@ import torch
 from PIL import Image
 from srn_layout import write_srn_cars
 
-from nerfstudio_3dae.bench.compare import (
-    PRESETS,
-    MethodRun,
-    run_compare,
-    saved_activation_bytes,
-    select_scenes,
-    summarise,
-    time_to_reach,
-)
+from nerfstudio_3dae.bench.compare import PRESETS, run_compare, select_scenes, summarise, time_to_reach
+from nerfstudio_3dae.bench.measure import MethodRun, saved_activation_bytes
 from nerfstudio_3dae.bench.memory import ParameterCounts, effective_memory
 from nerfstudio_3dae.bench.report import PLOTS, markdown_table
 from nerfstudio_3dae.data.layout import DatasetError

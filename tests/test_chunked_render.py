@@ -7,7 +7,7 @@ import torch
 from conftest import look_at_c2w
 from nerfstudio.cameras.cameras import Cameras
 
-from nerfstudio_3dae.bench.compare import saved_activation_bytes
+from nerfstudio_3dae.bench.measure import saved_activation_bytes
 from nerfstudio_3dae.field import RenderSettings, TriplaneField
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP
 

@@ -30,52 +30,22 @@ from __future__ import annotations
 
 import os
 import platform
-import random
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
-from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
-from nerfstudio_3dae.accounting import memory_report
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT
-from nerfstudio_3dae.bench.memory import ParameterCounts, effective_memory, parameter_counts
+from nerfstudio_3dae.bench.measure import MethodRun, seed_like_ns_train, train_and_measure
+from nerfstudio_3dae.bench.memory import effective_memory
 from nerfstudio_3dae.bench.presets import PRESETS, ComparePreset
 from nerfstudio_3dae.bench.scaling import describe_device, resolve_device
 from nerfstudio_3dae.data.dataparser import parse_scene_selection
 from nerfstudio_3dae.data.layout import DatasetError, read_scene_names
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.method_configs import RGB_BANK_ABLATION, autoencoder_method, latent_method, rgb_method
-
-
-@dataclass
-class MethodRun:
-    """What one method's run measured."""
-
-    curve: List[Tuple[int, float, float, float]]
-    """(step, training seconds so far, test PSNR, test SSIM) at every evaluation."""
-    setup_s: float
-    """Seconds of set-up (model, image decoding, latent encoding) on the clock."""
-    phase_s: Dict[str, float]
-    """Seconds of training steps per phase."""
-    bytes_per_scene: int
-    """Parameters + optimiser state of one scene."""
-    shared_bytes: int
-    """Parameters + optimiser state shared by all scenes."""
-    activation_bytes_per_scene: float
-    """Bytes autograd saved for backward in one training step, per scene of the batch."""
-    render_s: float
-    """Median seconds to render one render_size² view."""
-    run_dir: str
-    """The nerfstudio run folder."""
-    autoencoded_psnr: Optional[float] = None
-    """Test PSNR of D(E(x)) at the last evaluation (latent method): the ceiling its decoded renders face."""
-    parameters: Optional[ParameterCounts] = None
-    """Parameter counts for the paper's effective-memory accounting."""
 
 
 @dataclass(frozen=True)
@@ -113,102 +83,6 @@ def configure_method(
         model.num_bases = preset.num_bases
     model.num_coarse_samples = model.num_fine_samples = preset.samples
     return config
-
-
-def _seed(seed: int) -> None:
-    """What ns-train seeds before a run (each method starts from the same state, whatever ran before it)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def saved_activation_bytes(step: Callable[[], None]) -> int:
-    """Bytes of the tensors autograd saves for backward while ``step`` runs (each storage counted once)."""
-    seen: Dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor):
-        if tensor.layout == torch.strided:
-            storage = tensor.untyped_storage()
-            seen[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return sum(seen.values())
-
-
-def _render_time(pipeline, size: int, repeats: int) -> float:
-    camera, _ = pipeline.datamanager.fixed_indices_eval_dataloader[0]
-    camera = camera.flatten()[:1]
-    camera.rescale_output_resolution(size / int(camera.width.reshape(-1)[0]))
-    model = pipeline.model
-    model.eval()
-    model.get_outputs_for_camera(camera)  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(model.device)
-        start = time.perf_counter()
-        model.get_outputs_for_camera(camera)
-        _sync(model.device)
-        times.append(time.perf_counter() - start)
-    model.train()
-    return statistics.median(times)
-
-
-def train_and_measure(
-    config, preset: ComparePreset, on_eval: Optional[Callable[[str, int, float, float], None]] = None
-) -> MethodRun:
-    """Set up ``config`` and train it step by step, timing set-up and steps, evaluating every ``eval_every``."""
-    _seed(config.machine.seed)
-    start = time.perf_counter()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    _ = trainer.pipeline.datamanager.train_images  # decoded on the clock (nerfstudio decodes lazily)
-    _sync(trainer.device)
-    setup_s = time.perf_counter() - start
-    pipeline, model = trainer.pipeline, trainer.pipeline.model
-    per_scene, shared = memory_report(model)
-    clock, curve, phase_s, metrics = setup_s, [], {}, {}
-    activation = 0.0
-    steps = config.max_num_iterations
-    for step in range(steps):
-        phase = str(getattr(model, "phase", "rgb"))
-        t0 = time.perf_counter()
-        for callback in trainer.callbacks:
-            callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-        if step == 0:
-            activation = saved_activation_bytes(lambda: trainer.train_iteration(0)) / preset.scenes_per_step
-        else:
-            trainer.train_iteration(step)
-        for callback in trainer.callbacks:
-            callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
-        _sync(trainer.device)
-        spent = time.perf_counter() - t0
-        clock += spent
-        phase_s[phase] = phase_s.get(phase, 0.0) + spent
-        if (step + 1) % preset.eval_every == 0 or step + 1 == steps:
-            metrics = pipeline.get_average_eval_image_metrics(step=step)
-            curve.append((step + 1, clock, float(metrics["psnr"]), float(metrics["ssim"])))
-            if on_eval is not None:
-                on_eval(config.method_name, step + 1, clock, float(metrics["psnr"]))
-    render_s = _render_time(pipeline, preset.render_size, preset.render_repeats)
-    return MethodRun(
-        curve,
-        setup_s,
-        phase_s,
-        per_scene,
-        shared,
-        activation,
-        render_s,
-        str(trainer.base_dir),
-        metrics.get("autoencoded_psnr"),
-        parameter_counts(model),
-    )
 
 
 def time_to_reach(curve: List[Tuple[int, float, float, float]], target: float) -> Optional[float]:
@@ -381,7 +255,7 @@ def run_compare(
     stage1 = configure_method(autoencoder_method(), data1, runs, preset, preset.stage1_steps, "stage1")
     stage1.pipeline.model.autoencoder = autoencoder
     stage1.pipeline.model.warmup_steps = preset.stage1_warmup
-    _seed(stage1.machine.seed)
+    seed_like_ns_train(stage1.machine.seed)
     start = time.perf_counter()
     trainer = stage1.setup(local_rank=0, world_size=1)
     trainer.setup()

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from nerfstudio_3dae.bench.compare import Selection, configure_method, train_and_measure
+from nerfstudio_3dae.bench.compare import Selection, configure_method
+from nerfstudio_3dae.bench.measure import train_and_measure
 from nerfstudio_3dae.bench.presets import PRESETS
 from nerfstudio_3dae.method_configs import latent_method
 
