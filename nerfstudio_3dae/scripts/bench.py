@@ -8,6 +8,9 @@ paper's baseline) and with 3dae-latent (in the latent space of a 3dae-autoencode
 compare.json, compare.md and plots to DIR (docs/benchmarks.md). The scenes are generated, or two disjoint
 selections of a dataset: ``--data DIR --stage1-scenes 0:4 --scenes 4:10``.
 
+``ns-3dae-bench step-memory --image-size 128`` measures single training steps of 3dae-rgb and 3dae-latent with the
+method defaults: wall time, ``torch.cuda.max_memory_allocated`` on CUDA, autograd's saved tensors and peak RSS.
+
 A new benchmark is one class with a ``main()`` method and one entry of :data:`COMMANDS`.
 """
 
@@ -205,7 +208,74 @@ class Finetune:
         CONSOLE.print(f"wrote {self.output / 'finetune.json'}")
 
 
-COMMANDS: Dict[str, Type] = {"scaling": Scaling, "compare": Compare, "finetune": Finetune}
+def step_memory_table(result: Dict) -> Table:
+    """One row per measured training step: wall time and the three memory figures (MiB)."""
+    table = Table(
+        title=f"ns-3dae-bench step-memory ({result['device']}, {result['image_size'] or 'dataset'}² views)",
+        caption="CUDA peak: torch.cuda.max_memory_allocated over the step (reset before it), resident: allocated "
+        "before it; saved: tensors autograd kept for backward; RSS: the process's peak resident set so far",
+    )
+    for name in ("method", "step", "seconds", "CUDA peak", "CUDA resident", "saved", "peak RSS"):
+        table.add_column(name, justify="right")
+    for row in result["steps"]:
+        cuda = [_mib(row[k]) if row[k] is not None else "-" for k in ("cuda_peak_bytes", "cuda_resident_bytes")]
+        table.add_row(
+            row["method"], str(row["step"]), f"{row['seconds']:.3f}", *cuda, _mib(row["saved_bytes"]),
+            _mib(row["rss_peak_bytes"]),
+        )  # fmt: skip
+    return table
+
+
+@dataclass
+class StepMemory:
+    """Peak memory and wall time of single training steps of 3dae-rgb and 3dae-latent with the method defaults (CUDA:
+    torch.cuda.max_memory_allocated; any device: autograd's saved tensors and peak RSS)."""
+
+    image_size: int = 128
+    """Side of the generated views (a multiple of 8)."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """Where to train (auto: CUDA when visible)."""
+    methods: Tuple[Literal["3dae-rgb", "3dae-latent"], ...] = ("3dae-rgb", "3dae-latent")
+    """The methods to measure."""
+    steps: int = 2
+    """Training steps measured per method (step 0 also creates the optimiser state)."""
+    data: Optional[Path] = None
+    """A 3dae-scenes dataset to train on instead of generated cars."""
+    output: Path = Path("outputs/bench-step-memory")
+    """Folder for the generated data, the runs and step_memory.json."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+
+    def main(self) -> None:
+        import torch
+
+        from nerfstudio_3dae.bench.step_memory import run_step_memory
+
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        result = run_step_memory(
+            self.output, self.image_size, self.device, self.methods, self.steps, self.data, log=CONSOLE.print
+        )
+        CONSOLE.print(step_memory_table(result))
+        for row in result["steps"]:  # one parseable line per step (scripts/gpu_check.sh reads them)
+            peak = row["cuda_peak_bytes"] if row["cuda_peak_bytes"] is not None else row["saved_bytes"]
+            kind = "cuda_peak_bytes" if row["cuda_peak_bytes"] is not None else "saved_bytes"
+            CONSOLE.print(
+                f"step-memory {row['method']} step {row['step']}: {kind}={peak} seconds={row['seconds']:.3f}",
+                soft_wrap=True, highlight=False,
+            )  # fmt: skip
+        path = self.output / "step_memory.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        CONSOLE.print(f"wrote {path}")
+
+
+COMMANDS: Dict[str, Type] = {
+    "scaling": Scaling,
+    "compare": Compare,
+    "finetune": Finetune,
+    "step-memory": StepMemory,
+}
 """Subcommand name -> dataclass with a ``main()`` method."""
 
 
