@@ -219,8 +219,8 @@ run_check "cuda tests" 120 check_cuda_tests
 run_check "backend decision" 60 check_decision
 run_check "step memory" 150 check_step_memory
 run_check "2 procs save+resume" 240 check_train_resume
-run_check "ns-eval" 60 check_eval
-run_check "ns-3dae-render" 90 check_render
+run_check "eval" 60 check_eval
+run_check "render" 90 check_render
 run_check "bench scaling" 120 check_scaling
 run_check "bench compare" 150 check_compare
 

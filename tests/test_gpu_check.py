@@ -20,8 +20,8 @@ CHECKS = {
     "backend decision": r"^torch \(the model is on cpu",
     "step memory": r"^rgb [\d,]+ MiB \([\d.]+ s\), latent [\d,]+ MiB \([\d.]+ s\), autograd saved \(CPU\), 16²",
     "2 procs save+resume": r"^steps 0-9 on 2 gloo CPU processes, saved; resumed on 1 cpu process to step 19$",
-    "ns-eval": r"^test PSNR [\d.]+ dB",
-    "ns-3dae-render": r"^2 spiral videos",
+    "eval": r"^test PSNR [\d.]+ dB",
+    "render": r"^2 spiral videos",
     "bench scaling": r"^sparse step [\d.]+ ms at N=8",
     "bench compare": r"^PSNR rgb [\d.]+ / latent [\d.]+ dB, cpu",
 }
