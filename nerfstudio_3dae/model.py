@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.nn import Parameter
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
+from nerfstudio_3dae.backends import decide_backend
 from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
 from nerfstudio_3dae.data.dataparser import SCENE_ID
 from nerfstudio_3dae.distributed import broadcast_object, owned_scenes, rows_of, scene_shard
@@ -99,8 +100,9 @@ class TriplaneModelConfig(ModelConfig):
     """A cell is empty when its density would make less than this opacity over one coarse sample interval."""
     occupancy_warmup: int = 50
     """Training batches that must have held a scene before its grid is used (a fresh scene has no empty space yet)."""
-    occupancy_update_every: int = 8
-    """Training batches between two updates of the grids of the batch's scenes."""
+    occupancy_update_share: float = 0.1
+    """Share of the field evaluations spent on updating the grids of the batch's scenes (an update evaluates every
+    cell once): every batch at 128² in RGB, about every 13th batch in latent space."""
     max_rays_per_chunk: int = 16384
     """Rays rendered at once when rendering for eval/viewer (bounds memory on large images)."""
     train_rays_per_chunk: int = 32768
@@ -148,6 +150,9 @@ class TriplaneModel(Model):
             row_seeds=[seed + s for s in self.owned_scenes],
         )
         mlp = TriplaneMLP(bank.num_channels, self.output_channels, c.hidden_dim, self.output_range)
+        # the rendering backend is decided here, once per process (logged with its reason; nothing is compiled, and
+        # --pipeline.model.backend nerfacc fails now, not at the first render); renders reuse the cached decision
+        decide_backend(c.backend, self.kwargs.get("device") or "cpu")
         bound = float(self.scene_box.aabb.abs().max())
         settings = RenderSettings(c.near, c.far, c.num_coarse_samples, c.num_fine_samples, bound, c.backend)
         self.field = TriplaneField(bank, mlp, settings, self._occupancy_grids(bound))
@@ -167,7 +172,7 @@ class TriplaneModel(Model):
             bound,
             threshold,
             c.occupancy_warmup,
-            c.occupancy_update_every,
+            c.occupancy_update_share,
         )
 
     @property

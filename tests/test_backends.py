@@ -15,9 +15,11 @@ import nerfacc
 import pytest
 import torch
 import torch.utils.cpp_extension
+from conftest import tiny_pipeline
 
 from nerfstudio_3dae import backends
 from nerfstudio_3dae.backends import BackendError, build_nerfacc, decide_backend, nerfacc_build_dir
+from nerfstudio_3dae.method_configs import rgb_method
 from nerfstudio_3dae.rendering import nerfacc_cuda_available, resolve_backend
 
 CUB_ERROR = (
@@ -310,3 +312,9 @@ def test_error_lines_of_a_real_build() -> None:
         "RuntimeError: The detected CUDA version (12.8) mismatches the version (13.0)"
     ]
     assert len(backends.error_lines("x" * 1000)[0]) == 300
+
+
+def test_the_model_decides_its_backend_at_start_up(tiny_dataset) -> None:
+    data = tiny_dataset(num_scenes=2)
+    with pytest.raises(ValueError, match="--pipeline.model.backend"):  # on the CPU: when the model is built
+        tiny_pipeline(rgb_method(), data, backend="nerfacc")
