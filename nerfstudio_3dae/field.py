@@ -118,7 +118,8 @@ class TriplaneField(nn.Module):
         k, n = origins.shape[:2]
         planes = self.bank.planes(scene_ids)  # [K, 3, C, R, R]
         if self.occupancy is not None and self.training and torch.is_grad_enabled():
-            self.occupancy.train_batch(scene_ids, lambda first: self._density_fn(planes[first].detach()))
+            dense = origins.shape[0] * origins.shape[1] * (self.settings.num_coarse + self.settings.num_fine)
+            self.occupancy.train_batch(scene_ids, lambda first: self._density_fn(planes[first].detach()), dense)
         recorded = bool(checkpoint_rays) and torch.is_grad_enabled()
         limit = checkpoint_rays if recorded else max_rays
         step = n if not limit else max(1, limit // k)

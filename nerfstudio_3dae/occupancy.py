@@ -136,18 +136,18 @@ class OccupancyGrids(nn.Module):
         bound: float,
         threshold: float,
         warmup: int,
-        update_every: int = 8,
+        update_share: float = 0.1,
         dilation: int = 1,
     ) -> None:
         super().__init__()
-        if resolution < 1 or update_every < 1 or warmup < 0 or dilation < 0:
+        if resolution < 1 or not 0 < update_share <= 1 or warmup < 0 or dilation < 0:
             raise ValueError(
-                f"occupancy grids need resolution >= 1, update_every >= 1, warmup >= 0 and dilation >= 0, got "
-                f"{resolution}, {update_every}, {warmup}, {dilation}"
+                f"occupancy grids need resolution >= 1, 0 < update_share <= 1, warmup >= 0 and dilation >= 0, got "
+                f"{resolution}, {update_share}, {warmup}, {dilation}"
             )
-        self.update_every = update_every
-        self.trained_batches = 0
-        """Training batches seen by this process (not saved: it only sets the cadence of :meth:`train_batch`)."""
+        self.update_share = update_share
+        self.budget = 0.0
+        """Field evaluations the updates may still spend (not saved: it sets the cadence of :meth:`train_batch`)."""
         self.resolution = resolution
         self.bound = bound
         self.threshold = threshold
@@ -182,14 +182,23 @@ class OccupancyGrids(nn.Module):
         """The grids, unpacked."""
         return unpack_cells(self.bits, self.resolution)
 
-    def train_batch(self, rows: Int[Tensor, "K"], density_of_rows: Callable[[Tensor], DensityFn]) -> None:
-        """Bookkeeping of one training batch (``rows``: the scene row of each camera): count the visits and, every
-        ``update_every`` batches, update the grids of the batch's scenes (``density_of_rows(first)`` gives the
-        density function of the scenes of cameras ``first``, one camera per distinct scene)."""
+    def train_batch(
+        self, rows: Int[Tensor, "K"], density_of_rows: Callable[[Tensor], DensityFn], dense_points: int
+    ) -> None:
+        """Bookkeeping of one training batch (``rows``: the scene row of each camera; ``dense_points``: the samples
+        its render has before any skipping): count the visits, and update the grids of the batch's scenes when the
+        updates' share of the field evaluations allows it (``density_of_rows(first)`` gives the density function of
+        the scenes of cameras ``first``, one camera per distinct scene).
+
+        An update costs ``G³`` evaluations per scene; they are paid from a budget that every batch fills with
+        ``update_share`` of its dense samples (at most one update per batch). So updates cost about that share of
+        the rendering whatever the image size: every batch for 128² RGB views, every ~13th for their 16² latents."""
         self.visit(rows)
-        self.trained_batches += 1
-        if self.trained_batches % self.update_every:
+        cost = rows.shape[0] * self.resolution**3  # an upper bound: cameras, not distinct scenes (no host sync)
+        self.budget = min(self.budget + self.update_share * dense_points, float(cost))
+        if self.budget < cost:
             return
+        self.budget -= cost
         unique, inverse = torch.unique(rows, return_inverse=True)
         cameras = torch.arange(rows.shape[0], device=rows.device)
         first = torch.full_like(unique, rows.shape[0]).scatter_reduce(0, inverse, cameras, reduce="amin")

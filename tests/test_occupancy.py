@@ -79,14 +79,22 @@ def test_decode_masked_evaluates_only_the_masked_points_with_gradients() -> None
 
 
 def test_grids_warm_up_then_follow_the_density() -> None:
-    grids = OccupancyGrids(2, 8, 1.0, threshold=1.0, warmup=2, update_every=2, dilation=0)
+    # an update for a batch of 2 cameras is charged 2 x 8³ = 1024 evaluations, paid from half of each batch's samples
+    grids = OccupancyGrids(2, 8, 1.0, threshold=1.0, warmup=2, update_share=0.5, dilation=0)
     ball = lambda p: 10.0 * (p.norm(dim=-1, keepdim=True) < 0.5).float()  # noqa: E731
     points = torch.tensor([[[0.0, 0.0, 0.0], [0.9, 0.9, 0.9], [0.0, 0.0, 1.5]]]).expand(2, -1, -1)
     rows = torch.tensor([0, 1])
     assert grids.mask(rows, points).tolist() == [[True, True, False]] * 2  # cold: the box, not the grid
-    grids.train_batch(torch.tensor([0, 0]), lambda first: ball)  # scene 0 twice in one batch: one visit
-    assert grids.visits.tolist() == [1, 0] and grids.grid.all()  # no update yet (every 2nd batch)
-    grids.train_batch(torch.tensor([0, 0]), lambda first: ball)
+    first_cameras = []
+
+    def density_of(first):
+        first_cameras.append(first.tolist())
+        return ball
+
+    grids.train_batch(torch.tensor([0, 0]), density_of, 1024)  # scene 0 twice in one batch: one visit
+    assert grids.visits.tolist() == [1, 0] and grids.grid.all()  # no update yet: 512 of 1024 paid
+    grids.train_batch(torch.tensor([0, 0]), density_of, 1024)
+    assert first_cameras == [[0]]  # one update, of the batch's one scene (through its first camera)
     assert grids.visits.tolist() == [2, 0] and not grids.grid[0].all() and grids.grid[1].all()
     assert grids.mask(rows, points).tolist() == [[True, False, False], [True, True, False]]
     assert 0 < grids.occupied_fraction()[0] < 0.2
@@ -100,7 +108,7 @@ def sphere_field(points):
 
 def test_skipping_empty_space_renders_the_same_image_with_fewer_queries() -> None:
     torch.manual_seed(0)
-    grids = OccupancyGrids(1, 16, 1.0, density_threshold(0.01, 1.6 / 32), warmup=0, update_every=1)
+    grids = OccupancyGrids(1, 16, 1.0, density_threshold(0.01, 1.6 / 32), warmup=0, update_share=1.0)
     grids.update(torch.tensor([0]), lambda p: sphere_field(p)[0])
     angles = torch.rand(256) * 2 * math.pi
     origins = torch.stack([1.3 * angles.cos(), 1.3 * angles.sin(), torch.full_like(angles, 0.3)], dim=-1)
