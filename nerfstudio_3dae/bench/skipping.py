@@ -12,8 +12,9 @@ the grid cells at the end.
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Optional, Sequence
 
 from nerfstudio_3dae.bench.compare import Selection, configure_method
 from nerfstudio_3dae.bench.measure import MethodRun, train_interleaved
@@ -49,10 +50,19 @@ def run_skipping(
     occupancy_resolution: int = 32,
     seed: int = 0,
     log: Callable[[str], None] = print,
-    methods: List[str] = ("rgb", "latent"),  # type: ignore[assignment]
+    methods: Sequence[str] = ("rgb", "latent"),
+    rgb_steps: Optional[int] = None,
+    latent_steps: Optional[int] = None,
 ) -> Dict:
-    """Generate the preset's scenes and train each method without and with grids; return the figures."""
+    """Generate the preset's scenes and train each method without and with grids; return the figures.
+    ``rgb_steps`` / ``latent_steps`` shorten (or lengthen) the preset's schedules; the decoder fine-tune starts at
+    the same share of the latent schedule."""
     preset = PRESETS[preset_name]
+    if rgb_steps is not None:
+        preset = replace(preset, rgb_steps=rgb_steps)
+    if latent_steps is not None:
+        share = preset.finetune_start / preset.latent_steps
+        preset = replace(preset, latent_steps=latent_steps, finetune_start=round(latent_steps * share))
     if occupancy_resolution < 1:
         raise ValueError(f"--occupancy-resolution must be >= 1 (the grids being measured), got {occupancy_resolution}")
     unknown = sorted(set(methods) - {"rgb", "latent"})
@@ -78,6 +88,7 @@ def run_skipping(
         "preset": preset_name,
         "device": describe_device(resolve_device("auto")),
         "occupancy_resolution": occupancy_resolution,
+        "settings": asdict(preset),
     }
     for method in methods:
         configs = []
