@@ -95,6 +95,25 @@ def lookup(
     return inside & (((byte >> (flat & 7)) & 1) > 0)
 
 
+DENSE_SHARE = 0.9
+"""Above this share of selected samples :func:`decode_masked` evaluates every sample and zeroes the others: moving
+nearly all of them costs more than the few evaluations it would save."""
+
+
+def compact(mask: Bool[Tensor, "K P"]) -> Int[Tensor, "K Q"]:
+    """The selected entries of each row of ``mask`` moved to the front of it, in order, rows cut to the largest count
+    ``Q`` (read on the host: one sync): ``index[k, j]`` is the ``j``-th selected entry of row ``k``, or ``P`` (one
+    past the row) in the padding of rows with fewer. A running count places each entry (no sort); only the padding
+    shares an index."""
+    k, p = mask.shape
+    counts = mask.sum(dim=1)  # [K]
+    q = int(counts.max()) if mask.numel() else 0
+    slot = torch.where(mask, mask.cumsum(dim=1) - 1, q)  # unselected entries go to a spare column q
+    source = torch.arange(p, device=mask.device).expand(k, p)
+    index = torch.full((k, q + 1), p, dtype=torch.long, device=mask.device).scatter_(1, slot, source)[:, :q]
+    return index
+
+
 def decode_masked(
     decode: Callable[[Float[Tensor, "K Q 3"]], Tuple[Float[Tensor, "K Q 1"], Float[Tensor, "K Q c"]]],
     points: Float[Tensor, "K P 3"],
@@ -103,21 +122,22 @@ def decode_masked(
     """``decode`` evaluated only where ``mask`` holds: density and values are 0 elsewhere (gradients flow to the
     evaluated points only).
 
-    Each camera's selected points are moved to the front of its row (a stable sort of the mask) and the rows are cut
-    to the largest count ``Q``, so one batched ``decode`` call serves every camera; the padding of rows with fewer
-    points is zeroed. ``Q`` is read on the host (one sync per call)."""
-    counts = mask.sum(dim=1)  # [K]
-    q = int(counts.max()) if mask.numel() else 0
-    order = torch.argsort(mask.to(torch.uint8), dim=1, descending=True, stable=True)[:, :q]  # [K, Q]
-    valid = (torch.arange(q, device=points.device)[None] < counts[:, None])[..., None]  # [K, Q, 1]
-    density_q, values_q = decode(points.gather(1, order[..., None].expand(-1, -1, 3)))
-    density_q = density_q * valid
-    values_q = values_q * valid
+    Each camera's selected points are moved to the front of its row (:func:`compact`), so one batched ``decode`` call
+    serves every camera, and the results are scattered back; the padding of rows with fewer points is evaluated at
+    the row's last point and dropped. Where more than :data:`DENSE_SHARE` of the samples are selected, every sample
+    is evaluated and the others zeroed instead."""
     k, p = mask.shape
-    density = density_q.new_zeros(k, p, 1).scatter(1, order[..., None], density_q)
-    values = values_q.new_zeros(k, p, values_q.shape[-1]).scatter(
-        1, order[..., None].expand(-1, -1, values_q.shape[-1]), values_q
-    )
+    index = compact(mask)
+    if index.shape[1] > DENSE_SHARE * p:
+        density, values = decode(points)
+        keep = mask[..., None].to(density.dtype)
+        return density * keep, values * keep
+    gathered = points.gather(1, index.clamp(max=p - 1)[..., None].expand(-1, -1, 3))
+    density_q, values_q = decode(gathered)
+    c = values_q.shape[-1]
+    # padding writes to the spare column p, which is dropped: no real entry is written twice
+    density = density_q.new_zeros(k, p + 1, 1).scatter(1, index[..., None], density_q)[:, :p]
+    values = values_q.new_zeros(k, p + 1, c).scatter(1, index[..., None].expand(-1, -1, c), values_q)[:, :p]
     return density, values
 
 
@@ -192,17 +212,21 @@ class OccupancyGrids(nn.Module):
 
         An update costs ``G³`` evaluations per scene; they are paid from a budget that every batch fills with
         ``update_share`` of its dense samples (at most one update per batch). So updates cost about that share of
-        the rendering whatever the image size: every batch for 128² RGB views, every ~13th for their 16² latents."""
+        the rendering whatever the image size: every batch for 128² RGB views, every ~13th for their 16² latents.
+        Only scenes past their warm-up are updated (until then their grids are not used): a fresh run pays nothing."""
         self.visit(rows)
         cost = rows.shape[0] * self.resolution**3  # an upper bound: cameras, not distinct scenes (no host sync)
         self.budget = min(self.budget + self.update_share * dense_points, float(cost))
         if self.budget < cost:
             return
-        self.budget -= cost
         unique, inverse = torch.unique(rows, return_inverse=True)
         cameras = torch.arange(rows.shape[0], device=rows.device)
         first = torch.full_like(unique, rows.shape[0]).scatter_reduce(0, inverse, cameras, reduce="amin")
-        self.update(unique, density_of_rows(first))
+        warm = self.visits[unique] >= self.warmup  # a grid in warm-up is not used: no update needed yet
+        if not bool(warm.any()):
+            return
+        self.budget -= cost
+        self.update(unique[warm], density_of_rows(first[warm]))
 
     def occupied_fraction(self) -> Float[Tensor, "N"]:
         """Share of occupied cells of each scene."""

@@ -70,6 +70,8 @@ AE_TRAINING = {"--cars": "2", "--chairs": "1", "--tables": "0", "--holdout-cars"
                "--full-image-steps": "1", "--eval-every": "3", "--save-every": "3", "--workers": "1"}  # fmt: skip
 """ns-3dae-train-autoencoder on a corpus of 3 tiny scenes for 3 steps."""
 FINETUNE_STEPS = {"--latent-steps": "4", "--finetune-steps": "2", "--eval-every": "2"}
+SKIPPING_STEPS = {"--rgb-steps": "6", "--latent-steps": "6", "--threads": "1"}
+"""ns-3dae-bench skipping: four runs of a few steps."""
 
 
 @dataclass
@@ -157,6 +159,9 @@ def tiny(command: DocCommand) -> DocCommand:
         _set(argv, "--preset", "tiny")
         if argv[1] == "compare":
             _set(argv, "--threads", "1")
+        if argv[1] == "skipping":
+            for option, value in SKIPPING_STEPS.items():
+                _set(argv, option, value)
         if argv[1] == "finetune":
             for option, value in FINETUNE_STEPS.items():
                 _set(argv, option, value)

@@ -10,6 +10,7 @@ import torch
 from nerfstudio_3dae.occupancy import (
     OccupancyGrids,
     cell_points,
+    compact,
     decode_masked,
     density_threshold,
     lookup,
@@ -60,6 +61,33 @@ def test_occupied_cells_threshold_dilation_and_faint_scenes() -> None:
     assert occupied_cells(density, 5, threshold=1.0, dilation=0)[0].sum() == 1
 
 
+def test_compact_moves_the_selected_entries_to_the_front_in_order() -> None:
+    mask = torch.tensor([[False, True, True, False, True], [True, False, False, False, False]])
+    assert compact(mask).tolist() == [[1, 2, 4], [0, 5, 5]]  # 5: padding, one past the row
+    assert compact(torch.zeros(2, 4, dtype=torch.bool)).shape == (2, 0)
+    mask = torch.rand(3, 1000) < 0.3
+    for row, index in zip(mask, compact(mask)):
+        assert torch.equal(index[index < 1000], row.nonzero()[:, 0])
+
+
+def test_decode_masked_evaluates_every_sample_when_nearly_all_are_selected() -> None:
+    points = torch.randn(2, 20, 3, requires_grad=True)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[0, 3] = False  # 95 % selected: above DENSE_SHARE
+    seen = []
+
+    def decode(p):
+        seen.append(p.shape)
+        return p.square().sum(-1, keepdim=True), p * 2
+
+    density, values = decode_masked(decode, points, mask)
+    assert seen == [torch.Size([2, 20, 3])]
+    assert (density[0, 3] == 0).all() and (values[0, 3] == 0).all()
+    assert torch.allclose(values[mask], 2 * points[mask])
+    density.sum().backward()
+    assert (points.grad[0, 3] == 0).all() and torch.allclose(points.grad[mask], 2 * points[mask])
+
+
 def test_decode_masked_evaluates_only_the_masked_points_with_gradients() -> None:
     points = torch.randn(2, 6, 3, requires_grad=True)
     mask = torch.tensor([[True, False, True, False, False, True], [False, False, False, False, True, False]])
@@ -98,6 +126,10 @@ def test_grids_warm_up_then_follow_the_density() -> None:
     assert grids.visits.tolist() == [2, 0] and not grids.grid[0].all() and grids.grid[1].all()
     assert grids.mask(rows, points).tolist() == [[True, False, False], [True, True, False]]
     assert 0 < grids.occupied_fraction()[0] < 0.2
+    grids.train_batch(torch.tensor([1, 1]), density_of, 4096)  # the budget allows it, but scene 1 is in warm-up
+    assert first_cameras == [[0]] and grids.grid[1].all()
+    grids.train_batch(torch.tensor([1, 1]), density_of, 0)  # warm now, the budget was kept
+    assert first_cameras == [[0], [0]] and not grids.grid[1].all()
 
 
 def sphere_field(points):

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 from nerfstudio_3dae.bench.compare import Selection, configure_method
 from nerfstudio_3dae.bench.measure import MethodRun, train_interleaved
-from nerfstudio_3dae.bench.presets import PRESETS
+from nerfstudio_3dae.bench.presets import PRESETS, ComparePreset
 from nerfstudio_3dae.bench.scaling import describe_device, resolve_device
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.method_configs import latent_method, rgb_method
@@ -44,6 +44,38 @@ def summarise_pair(without: MethodRun, with_grids: MethodRun) -> Dict:
     }
 
 
+def skipping_preset(
+    preset_name: str,
+    occupancy_resolution: int,
+    methods: Sequence[str],
+    rgb_steps: Optional[int] = None,
+    latent_steps: Optional[int] = None,
+    occupancy_warmup: Optional[int] = None,
+) -> ComparePreset:
+    """The preset :func:`run_skipping` trains with (``rgb_steps`` / ``latent_steps`` shorten or lengthen its
+    schedules; the decoder fine-tune starts at the same share of the latent schedule), after checking the options:
+    a ValueError names the option that is wrong."""
+    if preset_name not in PRESETS:
+        raise ValueError(f"--preset: unknown preset {preset_name!r}; choose from {sorted(PRESETS)}")
+    if occupancy_resolution < 1:
+        raise ValueError(f"--occupancy-resolution must be >= 1 (the grids being measured), got {occupancy_resolution}")
+    unknown = sorted(set(methods) - {"rgb", "latent"})
+    if unknown or not methods:
+        raise ValueError(f"--methods: unknown method(s) {unknown or 'none given'}; choose from 'rgb' and 'latent'")
+    for name, steps in (("--rgb-steps", rgb_steps), ("--latent-steps", latent_steps)):
+        if steps is not None and steps < 1:
+            raise ValueError(f"{name} must be >= 1, got {steps}")
+    if occupancy_warmup is not None and occupancy_warmup < 0:
+        raise ValueError(f"--occupancy-warmup must be >= 0, got {occupancy_warmup}")
+    preset = PRESETS[preset_name]
+    if rgb_steps is not None:
+        preset = replace(preset, rgb_steps=rgb_steps)
+    if latent_steps is not None:
+        share = preset.finetune_start / preset.latent_steps
+        preset = replace(preset, latent_steps=latent_steps, finetune_start=round(latent_steps * share))
+    return preset
+
+
 def run_skipping(
     preset_name: str,
     output: Path,
@@ -53,21 +85,12 @@ def run_skipping(
     methods: Sequence[str] = ("rgb", "latent"),
     rgb_steps: Optional[int] = None,
     latent_steps: Optional[int] = None,
+    occupancy_warmup: Optional[int] = None,
 ) -> Dict:
-    """Generate the preset's scenes and train each method without and with grids; return the figures.
-    ``rgb_steps`` / ``latent_steps`` shorten (or lengthen) the preset's schedules; the decoder fine-tune starts at
-    the same share of the latent schedule."""
-    preset = PRESETS[preset_name]
-    if rgb_steps is not None:
-        preset = replace(preset, rgb_steps=rgb_steps)
-    if latent_steps is not None:
-        share = preset.finetune_start / preset.latent_steps
-        preset = replace(preset, latent_steps=latent_steps, finetune_start=round(latent_steps * share))
-    if occupancy_resolution < 1:
-        raise ValueError(f"--occupancy-resolution must be >= 1 (the grids being measured), got {occupancy_resolution}")
-    unknown = sorted(set(methods) - {"rgb", "latent"})
-    if unknown:
-        raise ValueError(f"--methods: unknown method(s) {unknown}; choose from 'rgb' and 'latent'")
+    """Generate the preset's scenes and train each method without and with grids; return the figures (the options
+    as :func:`skipping_preset` takes them; ``occupancy_warmup``: training batches a scene's grid waits for, default
+    the model's)."""
+    preset = skipping_preset(preset_name, occupancy_resolution, methods, rgb_steps, latent_steps, occupancy_warmup)
     path = generate_dataset(
         output / "data",
         preset.scenes,
@@ -99,8 +122,11 @@ def run_skipping(
                 config = configure_method(latent_method(), data, runs, preset, preset.latent_steps, f"latent-{label}")
                 config.pipeline.model.finetune_start = preset.finetune_start
             config.pipeline.model.occupancy_resolution = resolution
+            if occupancy_warmup is not None:
+                config.pipeline.model.occupancy_warmup = occupancy_warmup
             configs.append(config)
         log(f"3dae-{method} without and with occupancy grids, {configs[0].max_num_iterations} steps, interleaved")
+        result["occupancy_warmup"] = configs[1].pipeline.model.occupancy_warmup
         without, with_grids = train_interleaved(configs, preset, on_eval)
         result[method] = summarise_pair(without, with_grids)
     return result
@@ -110,7 +136,8 @@ def format_report(result: Dict) -> str:
     """A markdown table of :func:`run_skipping`'s figures."""
     lines = [
         f"Skipping empty space, preset `{result['preset']}` on {result['device']} "
-        f"(grids of {result['occupancy_resolution']}³ cells)",
+        f"(grids of {result['occupancy_resolution']}³ cells, used once {result['occupancy_warmup']} batches held a "
+        "scene)",
         "",
         "| method | training s without / with | time ratio | samples per step without / with | PSNR without / "
         "with | occupied cells |",

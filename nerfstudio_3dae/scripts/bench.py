@@ -11,6 +11,10 @@ selections of a dataset: ``--data DIR --stage1-scenes 0:4 --scenes 4:10``.
 ``ns-3dae-bench step-memory --image-size 128`` measures single training steps of 3dae-rgb and 3dae-latent with the
 method defaults: wall time, ``torch.cuda.max_memory_allocated`` on CUDA, autograd's saved tensors and peak RSS.
 
+``ns-3dae-bench skipping --preset small`` trains 3dae-rgb and 3dae-latent each without and with per-scene occupancy
+grids (skipping empty space), interleaved, and prints training time, samples per step and test PSNR side by side
+(skipping.json, skipping.md; docs/sampling.md).
+
 A new benchmark is one class with a ``main()`` method and one entry of :data:`COMMANDS`.
 """
 
@@ -270,11 +274,71 @@ class StepMemory:
         CONSOLE.print(f"wrote {path}")
 
 
+@dataclass
+class Skipping:
+    """Skipping empty space measured: 3dae-rgb and 3dae-latent on the same generated scenes, each trained without and
+    with per-scene occupancy grids, the two runs one step each in turn (skipping.json, skipping.md)."""
+
+    preset: Literal["tiny", "small", "medium", "paper"] = "small"
+    """Scenes, views, image size, tri-plane sizes and schedules (nerfstudio_3dae.bench.presets)."""
+    output: Path = Path("outputs/bench-skipping")
+    """Folder for the generated data, the runs, skipping.json and skipping.md."""
+    rgb_steps: Optional[int] = None
+    """3dae-rgb training steps (default: the preset's)."""
+    latent_steps: Optional[int] = None
+    """3dae-latent training steps, decoder fine-tune included at the preset's share (default: the preset's)."""
+    occupancy_resolution: int = 32
+    """Cells per side of the grids of the runs with skipping (capped at the tri-plane resolution)."""
+    occupancy_warmup: Optional[int] = None
+    """Training batches that must hold a scene before its grid is used (default: the model's; short runs need
+    fewer)."""
+    methods: Tuple[Literal["rgb", "latent"], ...] = ("rgb", "latent")
+    """The methods to measure."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+    seed: int = 0
+    """Seed of the generated scenes and of the training runs."""
+
+    def main(self) -> None:
+        import torch
+
+        from nerfstudio_3dae.bench.skipping import format_report, run_skipping, skipping_preset
+
+        try:
+            skipping_preset(
+                self.preset, self.occupancy_resolution, self.methods, self.rgb_steps, self.latent_steps,
+                self.occupancy_warmup,
+            )  # fmt: skip
+        except ValueError as err:
+            CONSOLE.print(f"[bold red]error:[/bold red] {err}")
+            sys.exit(2)
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        result = run_skipping(
+            self.preset,
+            self.output,
+            self.occupancy_resolution,
+            self.seed,
+            log=CONSOLE.print,
+            methods=self.methods,
+            rgb_steps=self.rgb_steps,
+            latent_steps=self.latent_steps,
+            occupancy_warmup=self.occupancy_warmup,
+        )
+        report = format_report(result)
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "skipping.json").write_text(json.dumps(result, indent=2) + "\n")
+        (self.output / "skipping.md").write_text(report + "\n")
+        CONSOLE.print(report, soft_wrap=True, highlight=False)
+        CONSOLE.print(f"wrote {self.output / 'skipping.json'} and {self.output / 'skipping.md'}")
+
+
 COMMANDS: Dict[str, Type] = {
     "scaling": Scaling,
     "compare": Compare,
     "finetune": Finetune,
     "step-memory": StepMemory,
+    "skipping": Skipping,
 }
 """Subcommand name -> dataclass with a ``main()`` method."""
 
