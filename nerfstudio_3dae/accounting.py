@@ -18,7 +18,7 @@ def memory_report(model) -> Tuple[int, int]:
     """``(bytes per scene, shared bytes)`` of a 3dae model (``TriplaneModel`` or its latent subclass) in this process.
 
     Per scene: its rows of the per-scene tables (micro planes, mixing weights and bias), each value with its two Adam
-    moments, plus one step count per row, and its occupancy grid and visit count where the model has grids. Shared:
+    moments, plus one step count per row, and its occupancy grid and counts where the model has grids. Shared:
     every other trainable parameter with its Adam moments (in a multi-process run, this process's replica of the
     shared parts); frozen parameters (a frozen encoder) count 0.
     """
@@ -28,7 +28,7 @@ def memory_report(model) -> Tuple[int, int]:
     per_scene = sum(ADAM_COPIES * t.numel() * t.element_size() + ROW_STEP_BYTES * t.shape[0] for t in scene_tensors)
     grids = model.field.occupancy
     if grids is not None:  # per-scene buffers, not trained: stored once
-        per_scene += sum(b.numel() * b.element_size() for b in (grids.bits, grids.visits))
+        per_scene += grids.bytes_per_scene() * rows
     scene_ids = {id(t) for t in scene_tensors}
     shared = sum(
         ADAM_COPIES * p.numel() * p.element_size()

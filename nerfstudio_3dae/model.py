@@ -44,6 +44,7 @@ SCENE_TABLES = (
     "field.bank.bias",
     "field.occupancy.bits",
     "field.occupancy.visits",
+    "field.occupancy.updates",
 )
 """Parameters and buffers with one row per scene (sharded over the ranks of a multi-process run; the occupancy
 grids exist only with ``occupancy_resolution > 0``)."""

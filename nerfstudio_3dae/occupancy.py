@@ -9,13 +9,13 @@ over one coarse sample interval ``δ`` is ``alpha``, ``σ = −ln(1 − alpha) /
 where that is lower (:func:`occupied_cells`).
 
 The field is queried only at samples inside occupied cells (:func:`decode_masked`); the others get density 0, as
-points outside the box always did. A scene's grid is used only after ``warmup`` training batches held the scene
+points outside the box always did. A scene's grid is first computed once ``warmup`` training batches held the scene
 (a fresh scene's density is near-uniform, and a cell marked empty gets no samples, hence no gradient, until an update
-finds density there again); before that every cell inside the box counts as occupied.
+finds density there again); until then every cell counts as occupied.
 
 Pure tensor functions plus :class:`OccupancyGrids`, the per-scene tables (a ``G³``-cell grid packed eight cells a
-byte and an int32 visit count per scene: 4 KiB + 4 B per scene at G = 32), which live beside the per-scene planes and
-are sharded with them.
+byte, and int32 counts of visits and updates per scene: 4 KiB + 8 B per scene at G = 32), which live beside the
+per-scene planes and are sharded with them.
 """
 
 from __future__ import annotations
@@ -144,9 +144,10 @@ def decode_masked(
 class OccupancyGrids(nn.Module):
     """Occupancy grids of ``num_scenes`` scenes (rows, like the per-scene planes) and how often each was trained.
 
-    Buffers: ``bits [N, ⌈G³/8⌉]`` uint8, the grids packed eight cells a byte (all occupied at first; :attr:`grid`
-    unpacks them), and ``visits [N]`` int32 (training batches that held the scene). :meth:`mask` says which samples
-    the field must evaluate; :meth:`update` recomputes grids from density.
+    Buffers: ``bits [N, ⌈G³/8⌉]`` uint8, the grids packed eight cells a byte (all occupied until a scene's first
+    update; :attr:`grid` unpacks them), ``visits [N]`` int32 (training batches that held the scene) and
+    ``updates [N]`` int32 (times its grid was computed). :meth:`mask` says which samples the field must evaluate;
+    :meth:`update` recomputes grids from density; :meth:`train_batch` decides when.
     """
 
     def __init__(
@@ -176,13 +177,16 @@ class OccupancyGrids(nn.Module):
         full = torch.ones(num_scenes, resolution, resolution, resolution, dtype=torch.bool)
         self.register_buffer("bits", pack_cells(full))
         self.register_buffer("visits", torch.zeros(num_scenes, dtype=torch.int32))
+        self.register_buffer("updates", torch.zeros(num_scenes, dtype=torch.int32))
+
+    def bytes_per_scene(self) -> int:
+        """Bytes of one scene's rows of the buffers (the grid and its two counts)."""
+        return sum(b[0].numel() * b.element_size() for b in (self.bits, self.visits, self.updates))
 
     def mask(self, rows: Int[Tensor, "K"], points: Float[Tensor, "K P 3"]) -> Bool[Tensor, "K P"]:
-        """Samples to evaluate: inside the box and, for scenes past their warm-up, in an occupied cell."""
-        occupied = lookup(self.bits[rows], points, self.bound, self.resolution)
-        inside = (points.abs() <= self.bound).all(dim=-1)
-        warm = (self.visits[rows] >= self.warmup)[:, None]
-        return torch.where(warm, occupied, inside)
+        """Samples to evaluate: inside the box and in an occupied cell of the camera's scene (until a scene's first
+        update, every cell is)."""
+        return lookup(self.bits[rows], points, self.bound, self.resolution)
 
     def visit(self, rows: Int[Tensor, "K"]) -> None:
         """Count one training batch for each distinct scene of ``rows``."""
@@ -196,6 +200,7 @@ class OccupancyGrids(nn.Module):
         points = cell_points(self.resolution, self.bound, rows.shape[0], True, self.bits.device)
         density = density_fn(points)[..., 0]
         self.bits[rows] = pack_cells(occupied_cells(density, self.resolution, self.threshold, self.dilation))
+        self.updates[rows] += 1
 
     @property
     def grid(self) -> Bool[Tensor, "N G G G"]:
@@ -206,27 +211,29 @@ class OccupancyGrids(nn.Module):
         self, rows: Int[Tensor, "K"], density_of_rows: Callable[[Tensor], DensityFn], dense_points: int
     ) -> None:
         """Bookkeeping of one training batch (``rows``: the scene row of each camera; ``dense_points``: the samples
-        its render has before any skipping): count the visits, and update the grids of the batch's scenes when the
-        updates' share of the field evaluations allows it (``density_of_rows(first)`` gives the density function of
-        the scenes of cameras ``first``, one camera per distinct scene).
+        its render has before any skipping): count the visits, and update grids (``density_of_rows(first)`` gives
+        the density function of the scenes of cameras ``first``, one camera per distinct scene).
 
-        An update costs ``G³`` evaluations per scene; they are paid from a budget that every batch fills with
-        ``update_share`` of its dense samples (at most one update per batch). So updates cost about that share of
-        the rendering whatever the image size: every batch for 128² RGB views, every ~13th for their 16² latents.
-        Only scenes past their warm-up are updated (until then their grids are not used): a fresh run pays nothing."""
+        Only scenes past their warm-up are updated (before it their grids are not computed: a fresh run pays
+        nothing). A scene's first update comes at the batch that ends its warm-up. Later updates, of all the batch's
+        warm scenes, cost ``G³`` evaluations per scene, paid from a budget that every batch fills with
+        ``update_share`` of its dense samples: they cost about that share of the rendering whatever the image size
+        (every batch for 128² RGB views, every ~13th for their 16² latents). First updates are paid from the same
+        budget, which may go into debt for them (one grid per scene and run)."""
         self.visit(rows)
         cost = rows.shape[0] * self.resolution**3  # an upper bound: cameras, not distinct scenes (no host sync)
         self.budget = min(self.budget + self.update_share * dense_points, float(cost))
-        if self.budget < cost:
-            return
         unique, inverse = torch.unique(rows, return_inverse=True)
-        cameras = torch.arange(rows.shape[0], device=rows.device)
-        first = torch.full_like(unique, rows.shape[0]).scatter_reduce(0, inverse, cameras, reduce="amin")
-        warm = self.visits[unique] >= self.warmup  # a grid in warm-up is not used: no update needed yet
+        warm = self.visits[unique] >= self.warmup
+        if self.budget < cost:
+            warm &= self.updates[unique] == 0  # only the first updates are due
         if not bool(warm.any()):
             return
-        self.budget -= cost
-        self.update(unique[warm], density_of_rows(first[warm]))
+        cameras = torch.arange(rows.shape[0], device=rows.device)
+        first = torch.full_like(unique, rows.shape[0]).scatter_reduce(0, inverse, cameras, reduce="amin")
+        due = unique[warm]
+        self.budget -= due.shape[0] * self.resolution**3
+        self.update(due, density_of_rows(first[warm]))
 
     def occupied_fraction(self) -> Float[Tensor, "N"]:
         """Share of occupied cells of each scene."""

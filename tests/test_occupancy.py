@@ -108,7 +108,7 @@ def test_decode_masked_evaluates_only_the_masked_points_with_gradients() -> None
 
 def test_grids_warm_up_then_follow_the_density() -> None:
     # an update for a batch of 2 cameras is charged 2 x 8³ = 1024 evaluations, paid from half of each batch's samples
-    grids = OccupancyGrids(2, 8, 1.0, threshold=1.0, warmup=2, update_share=0.5, dilation=0)
+    grids = OccupancyGrids(3, 8, 1.0, threshold=1.0, warmup=2, update_share=0.5, dilation=0)
     ball = lambda p: 10.0 * (p.norm(dim=-1, keepdim=True) < 0.5).float()  # noqa: E731
     points = torch.tensor([[[0.0, 0.0, 0.0], [0.9, 0.9, 0.9], [0.0, 0.0, 1.5]]]).expand(2, -1, -1)
     rows = torch.tensor([0, 1])
@@ -120,16 +120,24 @@ def test_grids_warm_up_then_follow_the_density() -> None:
         return ball
 
     grids.train_batch(torch.tensor([0, 0]), density_of, 1024)  # scene 0 twice in one batch: one visit
-    assert grids.visits.tolist() == [1, 0] and grids.grid.all()  # no update yet: 512 of 1024 paid
+    assert grids.visits.tolist() == [1, 0, 0] and grids.grid.all()  # in warm-up: no update
     grids.train_batch(torch.tensor([0, 0]), density_of, 1024)
     assert first_cameras == [[0]]  # one update, of the batch's one scene (through its first camera)
-    assert grids.visits.tolist() == [2, 0] and not grids.grid[0].all() and grids.grid[1].all()
+    assert grids.visits.tolist() == [2, 0, 0] and not grids.grid[0].all() and grids.grid[1].all()
     assert grids.mask(rows, points).tolist() == [[True, False, False], [True, True, False]]
     assert 0 < grids.occupied_fraction()[0] < 0.2
     grids.train_batch(torch.tensor([1, 1]), density_of, 4096)  # the budget allows it, but scene 1 is in warm-up
     assert first_cameras == [[0]] and grids.grid[1].all()
     grids.train_batch(torch.tensor([1, 1]), density_of, 0)  # warm now, the budget was kept
     assert first_cameras == [[0], [0]] and not grids.grid[1].all()
+    assert grids.budget == 512  # 1024 filled, one scene's update (512) paid
+    grids.train_batch(torch.tensor([2, 2]), density_of, 0)
+    grids.train_batch(torch.tensor([2, 2]), density_of, 0)  # warm: a first update is due, whatever the budget
+    assert first_cameras == [[0], [0], [0]] and grids.budget == 0 and not grids.grid[2].all()
+    grids.train_batch(torch.tensor([0, 2]), density_of, 0)  # no budget, no first update due: nothing
+    assert len(first_cameras) == 3 and grids.updates.tolist() == [1, 1, 1]
+    grids.train_batch(torch.tensor([0, 2]), density_of, 2048)  # budget for the whole batch: both scenes
+    assert first_cameras[-1] == [0, 1] and grids.updates.tolist() == [2, 1, 2]
 
 
 def sphere_field(points):
