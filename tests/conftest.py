@@ -111,6 +111,23 @@ TINY_MODEL = {"resolution": 8, "num_bases": 2, "micro_channels": 4, "macro_chann
 """Model sizes for in-process pipelines that build and render in well under a second."""
 
 
+def tiny_run_config(config, data: Path, out: Path, steps: int, scenes_per_step: int = 2):
+    """A method config (``rgb_method()``, ...) for a trainer of ``steps`` steps on a ``tiny_dataset`` with
+    :data:`TINY_MODEL` sizes, writing to ``out``: no local writer, no evaluations or saves unless a test sets them."""
+    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.dataparser.test_every = 4  # the tiny datasets' 4 views: 3 train, 1 test per scene
+    config.pipeline.datamanager.scenes_per_step = scenes_per_step
+    for key, value in TINY_MODEL.items():
+        setattr(config.pipeline.model, key, value)
+    config.output_dir = out
+    config.vis = "tensorboard"  # nerfstudio evaluates only with a metrics writer
+    config.logging.local_writer.enable = False
+    config.max_num_iterations = steps
+    config.steps_per_eval_image = config.steps_per_eval_batch = config.steps_per_eval_all_images = 10**6
+    config.steps_per_save = 10**6
+    return config
+
+
 def tiny_pipeline(config, data: Path, **model):
     """The pipeline of a method config (``rgb_method()``, ...) on a ``tiny_dataset``, built in this process on the
     CPU with :data:`TINY_MODEL` sizes; ``model`` overrides model config fields."""

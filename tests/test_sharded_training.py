@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_run_config
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
@@ -81,21 +82,9 @@ def _paused_run(rank: int, port: int, data: Path, out: Path, results) -> None:
     )
     try:
         torch.set_num_threads(1)
-        config = rgb_method()
-        config.pipeline.datamanager.data = data
-        config.pipeline.datamanager.dataparser.test_every = 4
-        config.pipeline.datamanager.scenes_per_step = 1
-        model = config.pipeline.model
-        model.resolution, model.num_bases, model.micro_channels, model.macro_channels = 8, 2, 4, 4
-        model.num_coarse_samples = model.num_fine_samples = 8
+        config = tiny_run_config(rgb_method(), data, out, steps=6, scenes_per_step=1)
         config.machine.device_type = "cpu"
-        config.output_dir = out
         config.timestamp = "run"
-        config.vis = "tensorboard"
-        config.logging.local_writer.enable = False
-        config.max_num_iterations = 6
-        config.steps_per_eval_image = config.steps_per_eval_batch = config.steps_per_eval_all_images = 10**6
-        config.steps_per_save = 10**6
         trainer = config.setup(local_rank=rank, world_size=2)
         trainer.pause_keepalive_s = 0.2
         trainer.setup()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_config
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 import nerfstudio_3dae
@@ -21,19 +22,8 @@ HOT_PATH = ("trainer.py", "pipeline.py", "datamanager.py", "distributed.py", "la
 
 
 def tiny_trainer(data, out, steps: int, eval_all_every: int, config=None):
-    config = config or rgb_method()
-    config.pipeline.datamanager.data = data
-    config.pipeline.datamanager.dataparser.test_every = 4
-    config.pipeline.datamanager.scenes_per_step = 2
-    model = config.pipeline.model
-    model.resolution, model.num_bases, model.micro_channels, model.macro_channels = 8, 2, 4, 4
-    model.num_coarse_samples = model.num_fine_samples = 8
-    config.output_dir = out
-    config.vis = "tensorboard"  # nerfstudio evaluates only with a metrics writer
-    config.logging.local_writer.enable = False
-    config.max_num_iterations = steps
+    config = tiny_run_config(config or rgb_method(), data, out, steps)
     config.steps_per_eval_all_images = eval_all_every
-    config.steps_per_eval_image = config.steps_per_save = 10**6
     config.set_timestamp()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
