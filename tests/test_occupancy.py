@@ -66,7 +66,7 @@ def test_compact_moves_the_selected_entries_to_the_front_in_order() -> None:
     assert compact(mask).tolist() == [[1, 2, 4], [0, 5, 5]]  # 5: padding, one past the row
     assert compact(torch.zeros(2, 4, dtype=torch.bool)).shape == (2, 0)
     mask = torch.rand(3, 1000) < 0.3
-    for row, index in zip(mask, compact(mask)):
+    for row, index in zip(mask, compact(mask), strict=True):
         assert torch.equal(index[index < 1000], row.nonzero()[:, 0])
 
 
