@@ -21,7 +21,7 @@ per-scene planes and are sharded with them.
 from __future__ import annotations
 
 import math
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -100,14 +100,18 @@ DENSE_SHARE = 0.9
 nearly all of them costs more than the few evaluations it would save."""
 
 
-def compact(mask: Bool[Tensor, "K P"]) -> Int[Tensor, "K Q"]:
+def largest_count(mask: Bool[Tensor, "K P"]) -> int:
+    """The most selected entries of any row of ``mask`` (read on the host: one sync)."""
+    return int(mask.sum(dim=1).max()) if mask.numel() else 0
+
+
+def compact(mask: Bool[Tensor, "K P"], q: Optional[int] = None) -> Int[Tensor, "K Q"]:
     """The selected entries of each row of ``mask`` moved to the front of it, in order, rows cut to the largest count
-    ``Q`` (read on the host: one sync): ``index[k, j]`` is the ``j``-th selected entry of row ``k``, or ``P`` (one
-    past the row) in the padding of rows with fewer. A running count places each entry (no sort); only the padding
-    shares an index."""
+    ``Q`` (``q``, or :func:`largest_count`): ``index[k, j]`` is the ``j``-th selected entry of row ``k``, or ``P``
+    (one past the row) in the padding of rows with fewer. A running count places each entry (no sort); only the
+    padding shares an index."""
     k, p = mask.shape
-    counts = mask.sum(dim=1)  # [K]
-    q = int(counts.max()) if mask.numel() else 0
+    q = largest_count(mask) if q is None else q
     slot = torch.where(mask, mask.cumsum(dim=1) - 1, q)  # unselected entries go to a spare column q
     source = torch.arange(p, device=mask.device).expand(k, p)
     index = torch.full((k, q + 1), p, dtype=torch.long, device=mask.device).scatter_(1, slot, source)[:, :q]
@@ -127,11 +131,12 @@ def decode_masked(
     the row's last point and dropped. Where more than :data:`DENSE_SHARE` of the samples are selected, every sample
     is evaluated and the others zeroed instead."""
     k, p = mask.shape
-    index = compact(mask)
-    if index.shape[1] > DENSE_SHARE * p:
+    q = largest_count(mask)
+    if q > DENSE_SHARE * p:
         density, values = decode(points)
         keep = mask[..., None].to(density.dtype)
         return density * keep, values * keep
+    index = compact(mask, q)
     gathered = points.gather(1, index.clamp(max=p - 1)[..., None].expand(-1, -1, 3))
     density_q, values_q = decode(gathered)
     c = values_q.shape[-1]
