@@ -7,7 +7,9 @@ Phases (switched by the training step, see :func:`phase_at`):
   autoencoder trained from scratch) → ``warmup`` (E and D frozen, cached latents, planes learn) → ``joint`` (latent,
   RGB, autoencoder and TV losses; E, D and the scenes learn together: the latent space becomes 3D-aware).
 * ``3dae-latent`` (``stage="scenes"``): ``latent`` (cached latents only: no encoder or decoder in the step) →
-  ``finetune`` from ``finetune_start`` (RGB loss through the decoder; D and the planes learn).
+  ``finetune`` from ``finetune_start``: the decode-scene loss ``‖D(R(T_s)) − x‖²`` (RGB through the decoder), with
+  ``finetune_latent_weight`` × the latent loss beside it; the planes learn, and the decoder too unless
+  ``finetune_decoder`` is off.
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ class LatentTriplaneModelConfig(TriplaneModelConfig):
     """Stage 'scenes': step at which the decoder fine-tune starts (-1: never)."""
     finetune_plane_lr_factor: float = 0.1
     """Stage 'scenes': the plane/MLP learning rates are multiplied by this when the fine-tune starts (1e-2 → 1e-3)."""
+    finetune_latent_weight: float = 0.0
+    """Stage 'scenes': weight of the latent loss ‖render − E(x)‖² kept beside the RGB loss in the fine-tune (0: RGB
+    through the decoder only, as the paper's stage 3). Keeps the rendered latents near ones the decoder knows."""
+    finetune_decoder: bool = True
+    """Stage 'scenes': the decoder learns in the fine-tune (shared by every scene of the run). False: the decoder
+    stays frozen and only the scenes learn from the RGB loss (the paper's decode-scene loss with D fixed)."""
     joint_plane_lr_factor: float = 0.1
     """Stage 1: the micro-plane and MLP learning rates are multiplied by this in the joint phase (paper: warm-up
     1e-2, joint 1e-3), relative to the rates the optimizers are configured with."""
@@ -187,12 +195,15 @@ class LatentTriplaneModel(TriplaneModel):
 
     @property
     def uses_cached_latents(self) -> bool:
-        """Whether the current phase reads latents from the datamanager's cache."""
-        return self.phase in ("warmup", "latent")
+        """Whether the current phase reads latents from the datamanager's cache (the fine-tune does when it keeps a
+        latent loss)."""
+        return self.phase in ("warmup", "latent") or (
+            self.phase == "finetune" and self.config.finetune_latent_weight > 0
+        )
 
     def _set_trainable(self, phase: Phase) -> None:
         ae = self.autoencoder.model
-        learns_decoder = phase in ("ae_pretrain", "joint", "finetune")
+        learns_decoder = phase in ("ae_pretrain", "joint") or (phase == "finetune" and self.config.finetune_decoder)
         learns_encoder = phase in ("ae_pretrain", "joint")
         for name, p in ae.named_parameters():
             p.requires_grad_(learns_encoder if is_encoder_tensor(name) else learns_decoder)
@@ -246,7 +257,7 @@ class LatentTriplaneModel(TriplaneModel):
     def target_latents(self, batch, phase: str) -> Tensor:
         if phase in ("warmup", "latent", "finetune") and "latent" in batch:
             return batch["latent"].to(self.device)
-        if phase in ("warmup", "latent"):
+        if phase in ("warmup", "latent", "finetune"):
             raise RuntimeError(f"phase {phase!r} needs cached latents; the pipeline attaches them to the datamanager")
         return self.autoencoder.encode(hwc_to_nchw(batch["image"]).to(self.device))
 
@@ -258,8 +269,9 @@ class LatentTriplaneModel(TriplaneModel):
             losses["ae_loss"] = c.ae_weight * F.mse_loss(self.autoencoder(image), image)
         if phase == "ae_pretrain":
             return losses
-        if phase != "finetune":
-            losses["latent_loss"] = c.latent_weight * F.mse_loss(outputs["latent"], self.target_latents(batch, phase))
+        latent_weight = c.finetune_latent_weight if phase == "finetune" else c.latent_weight
+        if latent_weight > 0:
+            losses["latent_loss"] = latent_weight * F.mse_loss(outputs["latent"], self.target_latents(batch, phase))
         if "rgb" in outputs:
             losses["rgb_loss"] = c.rgb_weight * F.mse_loss(outputs["rgb"], image)
         losses.update(self.regularisers(outputs))
