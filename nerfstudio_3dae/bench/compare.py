@@ -206,6 +206,75 @@ def select_scenes(data: Path, stage1_scenes: Optional[str], scenes: Optional[str
     return first, second
 
 
+@dataclass(frozen=True)
+class ComparedScenes:
+    """The two disjoint scene sets of a comparison."""
+
+    stage1: Selection
+    """The scenes of the 3dae-autoencoder run."""
+    compared: Selection
+    """The N scenes both methods train."""
+    num_stage1: int
+    num_compared: int
+    source: Optional[Dict]
+    """Where they came from (None: generated)."""
+
+
+def prepare_scenes(
+    preset: ComparePreset,
+    output: Path,
+    seed: int = 0,
+    data: Optional[Path] = None,
+    stage1_scenes: Optional[str] = None,
+    scenes: Optional[str] = None,
+    downscale_factor: int = 1,
+) -> ComparedScenes:
+    """Two disjoint selections of ``data``, or two sets of generated cars (other seeds) under ``output/data``."""
+    if data is not None:
+        first, second = select_scenes(Path(data), stage1_scenes, scenes)
+        source = {"data": str(data), "stage1_scenes": stage1_scenes, "scenes": scenes,
+                  "downscale_factor": downscale_factor}  # fmt: skip
+        return ComparedScenes(
+            Selection(Path(data), stage1_scenes, downscale_factor),  # type: ignore[arg-type]
+            Selection(Path(data), scenes, downscale_factor),  # type: ignore[arg-type]
+            len(first),
+            len(second),
+            source,
+        )
+    if stage1_scenes or scenes:
+        raise DatasetError(
+            "--stage1-scenes and --scenes select scenes of --data; without --data the scenes are generated"
+        )
+    workers = min(os.cpu_count() or 1, 8) if preset.scenes >= 100 else 1
+    common = dict(test_views=preset.test_views, workers=workers, progress=False, overwrite=True)
+
+    def generated(name: str, count: int, data_seed: int) -> Selection:
+        path = output / "data" / name
+        path = generate_dataset(path, count, preset.views_per_scene, preset.image_size, seed=data_seed, **common)
+        return Selection(path, ":", downscale_factor)
+
+    stage1 = generated("stage1", preset.stage1_scenes, seed + 1000)
+    return ComparedScenes(stage1, generated("scenes", preset.scenes, seed), preset.stage1_scenes, preset.scenes, None)
+
+
+def run_stage1(preset: ComparePreset, data: Selection, runs: Path, autoencoder: str) -> Tuple[Path, float]:
+    """``3dae-autoencoder`` on the stage-1 scenes from ``autoencoder``: its run folder (holding the exported
+    autoencoder and bases) and its wall seconds."""
+    stage1 = configure_method(autoencoder_method(), data, runs, preset, preset.stage1_steps, "stage1")
+    stage1.pipeline.model.autoencoder = autoencoder
+    stage1.pipeline.model.warmup_steps = preset.stage1_warmup
+    seed_like_ns_train(stage1.machine.seed)
+    start = time.perf_counter()
+    trainer = stage1.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    run_dir = Path(trainer.base_dir)
+    if not (run_dir / RUN_EXPORT / "config.json").is_file():
+        raise RuntimeError(f"stage 1 did not export its autoencoder to {run_dir / RUN_EXPORT}")
+    return run_dir, seconds
+
+
 def run_compare(
     preset_name: str,
     output: Path,
@@ -226,45 +295,12 @@ def run_compare(
     def on_eval(method: str, step: int, seconds: float, psnr: float) -> None:
         log(f"  {method:<16} step {step:>6}  {seconds:8.1f} s on the clock  test PSNR {psnr:6.2f} dB")
 
-    if data is not None:
-        first, second = select_scenes(Path(data), stage1_scenes, scenes)
-        data1 = Selection(Path(data), stage1_scenes, downscale_factor)  # type: ignore[arg-type]
-        compared = Selection(Path(data), scenes, downscale_factor)  # type: ignore[arg-type]
-        n1, n = len(first), len(second)
-        source = {"data": str(data), "stage1_scenes": stage1_scenes, "scenes": scenes,
-                  "downscale_factor": downscale_factor}  # fmt: skip
-    else:
-        if stage1_scenes or scenes:
-            raise DatasetError(
-                "--stage1-scenes and --scenes select scenes of --data; without --data the scenes are generated"
-            )
-        workers = min(os.cpu_count() or 1, 8) if preset.scenes >= 100 else 1
-        common = dict(test_views=preset.test_views, workers=workers, progress=False, overwrite=True)
-
-        def generated(name: str, count: int, data_seed: int) -> Selection:
-            path = output / "data" / name
-            path = generate_dataset(path, count, preset.views_per_scene, preset.image_size, seed=data_seed, **common)
-            return Selection(path, ":", downscale_factor)
-
-        data1 = generated("stage1", preset.stage1_scenes, seed + 1000)
-        compared = generated("scenes", preset.scenes, seed)
-        n1, n, source = preset.stage1_scenes, preset.scenes, None
+    chosen = prepare_scenes(preset, output, seed, data, stage1_scenes, scenes, downscale_factor)
+    compared, n1, n, source = chosen.compared, chosen.num_stage1, chosen.num_compared, chosen.source
     runs = output / "runs"
 
     log(f"stage 1: 3dae-autoencoder on {n1} other scenes, {preset.stage1_steps} steps")
-    stage1 = configure_method(autoencoder_method(), data1, runs, preset, preset.stage1_steps, "stage1")
-    stage1.pipeline.model.autoencoder = autoencoder
-    stage1.pipeline.model.warmup_steps = preset.stage1_warmup
-    seed_like_ns_train(stage1.machine.seed)
-    start = time.perf_counter()
-    trainer = stage1.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    trainer.train()
-    stage1_s = time.perf_counter() - start
-    stage1_dir = trainer.base_dir
-    if not (stage1_dir / RUN_EXPORT / "config.json").is_file():
-        raise RuntimeError(f"stage 1 did not export its autoencoder to {stage1_dir / RUN_EXPORT}")
-    del trainer
+    stage1_dir, stage1_s = run_stage1(preset, chosen.stage1, runs, autoencoder)
 
     log(f"3dae-rgb (RGB Tri-Planes) on {n} scenes, {preset.rgb_steps} steps")
     rgb_config = configure_method(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb", bases=False)

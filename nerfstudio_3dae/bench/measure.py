@@ -146,10 +146,17 @@ class MeasuredRun:
         self.clock += spent
         self.phase_s[phase] = self.phase_s.get(phase, 0.0) + spent
         if (step + 1) % self.preset.eval_every == 0 or step + 1 == self.steps:
-            self.metrics = trainer.pipeline.get_average_eval_image_metrics(step=step)
-            self.curve.append((step + 1, self.clock, float(self.metrics["psnr"]), float(self.metrics["ssim"])))
-            if self.on_eval is not None:
-                self.on_eval(self.config.method_name, step + 1, self.clock, float(self.metrics["psnr"]))
+            self.evaluate(step + 1)
+
+    def evaluate(self, steps_done: int) -> Dict:
+        """Score all test views off the clock after ``steps_done`` steps (once per step count); the metrics."""
+        if self.curve and self.curve[-1][0] == steps_done:
+            return self.metrics
+        self.metrics = self.trainer.pipeline.get_average_eval_image_metrics(step=steps_done - 1)
+        self.curve.append((steps_done, self.clock, float(self.metrics["psnr"]), float(self.metrics["ssim"])))
+        if self.on_eval is not None:
+            self.on_eval(self.config.method_name, steps_done, self.clock, float(self.metrics["psnr"]))
+        return self.metrics
 
     def finish(self) -> MethodRun:
         """The figures of the run (after its last step), with the render time measured now."""

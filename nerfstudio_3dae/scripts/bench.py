@@ -15,6 +15,11 @@ method defaults: wall time, ``torch.cuda.max_memory_allocated`` on CUDA, autogra
 grids (skipping empty space), interleaved, and prints training time, samples per step and test PSNR side by side
 (skipping.json, skipping.md; docs/sampling.md).
 
+``ns-3dae-bench quality --preset medium`` follows the decoded PSNR of 3dae-latent stage by stage (D(E(x)) before and
+after stage 1, the latent fit on training and test views, decoded before and after the decoded phase) against RGB
+Tri-Planes on the same scenes, for each lever (schedule or option set) named by ``--levers`` (quality.json,
+quality.md; docs/quality.md).
+
 A new benchmark is one class with a ``main()`` method and one entry of :data:`COMMANDS`.
 """
 
@@ -333,12 +338,62 @@ class Skipping:
         CONSOLE.print(f"wrote {self.output / 'skipping.json'} and {self.output / 'skipping.md'}")
 
 
+@dataclass
+class Quality:
+    """Where the decoded dB of 3dae-latent go, stage by stage, and what each lever buys, against RGB Tri-Planes on
+    the same scenes (quality.json, quality.md; resumable: run again with the same --output)."""
+
+    preset: Literal["tiny", "small", "medium", "paper"] = "medium"
+    """Sizes and steps (those of ns-3dae-bench compare)."""
+    output: Path = Path("outputs/bench-quality")
+    """Folder for quality.json, quality.md, the generated data and the runs."""
+    levers: Tuple[str, ...] = ("stage3-late", "decode-scene-early")
+    """Levers to train (nerfstudio_3dae.bench.quality.LEVERS): stage3-late, stage3-half, decode-scene-half,
+    decode-scene-early, decode-scene-frozen, decode-scene-rgb-only, defaults."""
+    data: Optional[Path] = None
+    """A 3dae-scenes dataset (needs --stage1-scenes and --scenes); without it the preset's scenes are generated."""
+    stage1_scenes: Optional[str] = None
+    """With --data: the scenes of the stage-1 autoencoder run."""
+    scenes: Optional[str] = None
+    """With --data: the compared scenes; must not overlap --stage1-scenes."""
+    downscale_factor: int = 1
+    """The dataparser's downscale_factor for every run."""
+    autoencoder: str = "embedded"
+    """Where stage 1 starts from: 'embedded', a diffusers folder, a 3dae-autoencoder run or a hub id."""
+    max_views: int = 16
+    """Training views scored for the train-side figures (spread over the scenes)."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+    seed: int = 0
+    """Seed of the generated scenes."""
+
+    def main(self) -> None:
+        import torch
+
+        from nerfstudio_3dae.bench.quality import LEVERS, QualitySettings, quality_tables, run_quality
+
+        unknown = [name for name in self.levers if name not in LEVERS]
+        if unknown:
+            CONSOLE.print(f"[bold red]error:[/bold red] --levers: unknown {unknown} (choose from {', '.join(LEVERS)})")
+            sys.exit(2)
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        settings = QualitySettings(
+            self.preset, list(self.levers), self.autoencoder, self.data and str(self.data), self.stage1_scenes,
+            self.scenes, self.downscale_factor, self.seed,
+        )  # fmt: skip
+        result = run_quality(settings, self.output, self.max_views, log=CONSOLE.print)
+        CONSOLE.print(quality_tables(result), soft_wrap=True, highlight=False)
+        CONSOLE.print(f"wrote {self.output / 'quality.json'} and {self.output / 'quality.md'}")
+
+
 COMMANDS: Dict[str, Type] = {
     "scaling": Scaling,
     "compare": Compare,
     "finetune": Finetune,
     "step-memory": StepMemory,
     "skipping": Skipping,
+    "quality": Quality,
 }
 """Subcommand name -> dataclass with a ``main()`` method."""
 
