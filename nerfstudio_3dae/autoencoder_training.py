@@ -4,7 +4,9 @@ The recipe (docs/autoencoder.md): generate a corpus of many scenes (cars, plus c
 target resolution, keep every view in one uint8 array, and train a diffusers ``AutoencoderKL`` on random crops
 (convolutions are translation-equivariant, so crops are fair and 4x cheaper than whole 128² images) with
 ``‖D(E(x)) − x‖²`` on the posterior mean. Held-out scenes of other seeds measure ``D(E(x))`` on whole images.
-The run resumes from its last checkpoint after a stop (``state.pt`` written atomically every ``save_every`` steps),
+It trains on ``--device`` (CUDA where there is one, by default, with 32 crops a step instead of the CPU's 8).
+The run resumes from its last checkpoint after a stop (``state.pt`` written atomically every ``save_every`` steps,
+CPU tensors: a run started on a GPU resumes on the CPU and vice versa),
 logs one JSON line per log step and evaluation, and exports a ``save_pretrained`` folder whose latent normaliser is
 set from the latents' spread. The 3D-aware joint phase that follows is ``ns-train 3dae-autoencoder`` on the export.
 """
@@ -13,10 +15,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -85,8 +88,8 @@ class AutoencoderTrainingConfig:
     """Latent channels c."""
     crop: int = 64
     """Side of the random training crops (a multiple of the factor)."""
-    batch_size: int = 8
-    """Crops a step."""
+    batch_size: Union[int, Literal["auto"]] = "auto"
+    """Crops a step; auto: 32 on CUDA (a GPU-sized batch: 26.5 ms a step of 32 64² crops on an H200), 8 on the CPU."""
     full_image_steps: int = 0
     """The last steps train on whole images (``batch_size // 4`` a step): GroupNorm sees whole-image statistics."""
     steps: int = 20000
@@ -116,6 +119,9 @@ class AutoencoderTrainingConfig:
     """Seed of the weights and the crop sampler."""
     workers: int = 2
     """Generator worker processes for the corpus."""
+    device: str = "auto"
+    """Where the model, each step's crops and the optimiser state live: auto (CUDA when torch.cuda.is_available(),
+    else the CPU), cpu, cuda or cuda:N. The export and state.pt hold CPU tensors: they load and resume anywhere."""
 
 
 # ----------------------------------------------------------------------------------------------- corpus
@@ -211,10 +217,11 @@ def psnr_of(a: Float[Tensor, "B 3 H W"], b: Float[Tensor, "B 3 H W"]) -> Float[T
 def reconstruction_psnr(ae: LatentAutoencoder, images: UInt8[Tensor, "N 3 H W"], batch: int = 8) -> float:
     """Mean PSNR of ``D(E(x))`` over whole images."""
     ae.eval()
-    scores = [
-        psnr_of(ae(to_unit(images[i : i + batch])), to_unit(images[i : i + batch]))
-        for i in range(0, len(images), batch)
-    ]
+    device = next(ae.parameters()).device
+    scores = []
+    for i in range(0, len(images), batch):
+        x = to_unit(images[i : i + batch].to(device))
+        scores.append(psnr_of(ae(x), x))
     return float(torch.cat(scores).mean())
 
 
@@ -241,20 +248,158 @@ def _atomic_save(obj: object, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-# ----------------------------------------------------------------------------------------------- loop
-def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) autoencoder-only training; returns the exported ``save_pretrained`` folder."""
-    if c.crop % 2 ** (len(c.block_out_channels) - 1):
+# ----------------------------------------------------------------------------------------------- device
+CUDA_BATCH_SIZE = 32
+"""``--batch-size auto`` on CUDA: the GPU run's 32 crops of 64² (26.5 ms a step on an H200, docs/autoencoder.md)."""
+CPU_BATCH_SIZE = 8
+"""``--batch-size auto`` on the CPU: the CPU recipe's 8 crops."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``--device``: ``auto`` (CUDA when ``torch.cuda.is_available()``, else the CPU), ``cpu``, ``cuda`` or
+    ``cuda:N``. A CUDA device that is not there is an error naming the option."""
+    name = str(spec).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ValueError(f"--device {spec!r} is none of auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
         raise ValueError(
-            f"--crop {c.crop} is not a multiple of the autoencoder factor {2 ** (len(c.block_out_channels) - 1)}"
+            f"--device {spec}: no CUDA device is visible (torch.cuda.is_available() is False); use --device cpu or auto"
         )
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return device
+
+
+def resolve_batch_size(batch_size: Union[int, str], device: torch.device) -> int:
+    """``--batch-size``: an integer as given; ``auto`` is :data:`CUDA_BATCH_SIZE` on CUDA, :data:`CPU_BATCH_SIZE`
+    on the CPU."""
+    if batch_size == "auto":
+        return CUDA_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size!r} is neither auto nor a positive integer")
+    return batch_size
+
+
+def describe_device(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H200)`` or ``cpu (1 thread)``."""
+    if device.type == "cuda":
+        return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+
+
+def _to_cpu(obj: object) -> object:
+    """A (nested) state dict with every tensor on the CPU (tensors already there are kept, not copied)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load_state(path: Path) -> Dict[str, object]:
+    """A ``state.pt``, whatever device wrote it, with its tensors on the CPU (``map_location="cpu"``): a state made
+    on a GPU loads where there is none. ``load_state_dict`` then puts the weights and Adam's moments on the resumed
+    run's device, and leaves Adam's step counters on the CPU, where a non-fused Adam wants them (mapped to CUDA,
+    every step would read them back to the host)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ----------------------------------------------------------------------------------------------- loop
+class _Run:
+    """One run's model, optimiser, progress and files, on one device."""
+
+    def __init__(self, c: AutoencoderTrainingConfig, out: Path, device: torch.device) -> None:
+        self.c, self.out, self.device = c, out, device
+        self.batch_size = resolve_batch_size(c.batch_size, device)
+        config = kl_autoencoder_config(
+            c.block_out_channels,
+            c.latent_channels,
+            c.layers_per_block,
+            c.norm_groups,
+            c.mid_attention,
+            sample_size=c.resolution,
+        )
+        self.ae = build_autoencoder(config, "kl", seed=c.seed).to(device)
+        self.opt = torch.optim.Adam(self.ae.model.parameters(), lr=c.lr)
+        self.step, self.elapsed, self.rng = 0, 0.0, np.random.default_rng(c.seed)
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+    def resume(self) -> bool:
+        """Continue from ``state.pt`` if there is one (made on any device)."""
+        if not self.state_path.is_file():
+            return False
+        state = load_state(self.state_path)
+        self.ae.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.elapsed = state["step"], state["elapsed_s"]
+        self.rng.bit_generator.state = state["rng"]
+        return True
+
+    def save(self) -> None:
+        """``state.pt``, atomically, every tensor on the CPU."""
+        state = {"model": self.ae.model.state_dict(), "optimizer": self.opt.state_dict()}
+        _atomic_save(
+            {**_to_cpu(state), "step": self.step, "elapsed_s": self.elapsed, "rng": self.rng.bit_generator.state},
+            self.state_path,
+        )
+
+    def batch(self, train: np.ndarray) -> Float[Tensor, "B 3 s s"]:
+        """This step's crops (or whole images in the last ``full_image_steps``) on the device, in [0, 1]."""
+        c = self.c
+        whole = self.step >= c.steps - c.full_image_steps
+        size, count = (c.resolution, max(1, self.batch_size // 4)) if whole else (c.crop, self.batch_size)
+        crops = random_crops(train, count, size, self.rng)
+        if self.device.type == "cuda":  # uint8 over the bus (4x less than floats), from pinned memory, asynchronously
+            crops = crops.pin_memory().to(self.device, non_blocking=True)
+        return to_unit(crops)
+
+    def train_step(self, x: Float[Tensor, "B 3 s s"]) -> Float[Tensor, ""]:
+        """One Adam step on ``x``; the loss, detached, on the device (not read back: no host sync)."""
+        c, ae = self.c, self.ae
+        ae.train()
+        for g in self.opt.param_groups:
+            g["lr"] = _lr_at(self.step, c)
+        z = ae.encode_raw(x)
+        err = ae.decode_raw(z) - x
+        loss = (err**2).mean() + c.latent_penalty * (z**2).mean()
+        if c.chroma_weight > 0:
+            loss = loss + c.chroma_weight * ((err - err.mean(1, keepdim=True)) ** 2).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return loss.detach()
+
+
+def _prepare(c: AutoencoderTrainingConfig) -> Tuple[Path, torch.device]:
+    """Check the options, set the threads, write the run folder's config.json; the folder and the device."""
+    factor = 2 ** (len(c.block_out_channels) - 1)
+    if c.crop % factor:
+        raise ValueError(f"--crop {c.crop} is not a multiple of the autoencoder factor {factor}")
+    if not corpus_parts(c)[0] or c.holdout_cars < 1:
+        raise ValueError("the corpus needs scenes (--cars/--chairs/--tables) and --holdout-cars >= 1")
+    device = resolve_device(c.device)
+    resolve_batch_size(c.batch_size, device)
     torch.set_num_threads(c.threads)
     out = Path(c.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(c), default=str, indent=1))
+    return out, device
+
+
+def _corpora(c: AutoencoderTrainingConfig, out: Path, log: Callable[[str], None]) -> Tuple[np.ndarray, Tensor]:
+    """The training views (``[N, H, W, 3]`` uint8, host memory) and the held-out views (``[M, 3, H, W]`` uint8)."""
     parts, holdout = corpus_parts(c)
-    if not parts or c.holdout_cars < 1:
-        raise ValueError("the corpus needs scenes (--cars/--chairs/--tables) and --holdout-cars >= 1")
     log(f"corpus: {sum(p.num_scenes for p in parts)} scenes x {c.views_per_scene} views at {c.resolution}²")
     t0 = time.perf_counter()
     data = Path(c.corpus_dir) if c.corpus_dir is not None else out
@@ -263,100 +408,76 @@ def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] =
         np.array(_corpus_array(data / "holdout", holdout, c.holdout_views, c.resolution, c.workers))
     ).permute(0, 3, 1, 2)
     log(f"corpus ready: {len(train)} training views, {len(held)} held-out views ({time.perf_counter() - t0:.0f} s)")
+    return train, held
 
-    config = kl_autoencoder_config(
-        c.block_out_channels,
-        c.latent_channels,
-        c.layers_per_block,
-        c.norm_groups,
-        c.mid_attention,
-        sample_size=c.resolution,
-    )
-    ae = build_autoencoder(config, "kl", seed=c.seed)
-    opt = torch.optim.Adam(ae.model.parameters(), lr=c.lr)
-    step, rng, elapsed = 0, np.random.default_rng(c.seed), 0.0
-    state_path = out / STATE_FILE
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        ae.model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed = state["step"], state["elapsed_s"]
-        rng.bit_generator.state = state["rng"]
-        log(f"resumed at step {step} ({elapsed / 60:.1f} min trained so far)")
 
-    def save() -> None:
-        _atomic_save(
-            {
-                "model": ae.model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "step": step,
-                "elapsed_s": elapsed,
-                "rng": rng.bit_generator.state,
-            },
-            state_path,
-        )
+def _write(logfile, record: Dict[str, object], log: Callable[[str], None]) -> None:
+    logfile.write(json.dumps(record) + "\n")
+    logfile.flush()
+    log(json.dumps(record))
 
-    started, last, losses = time.perf_counter(), time.perf_counter(), []
-    with (out / LOG_FILE).open("a") as logfile:
-        while step < c.steps:
-            ae.train()
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, c)
-            whole = step >= c.steps - c.full_image_steps
-            size, count = (c.resolution, max(1, c.batch_size // 4)) if whole else (c.crop, c.batch_size)
-            x = to_unit(random_crops(train, count, size, rng))
-            z = ae.encode_raw(x)
-            err = ae.decode_raw(z) - x
-            loss = (err**2).mean() + c.latent_penalty * (z**2).mean()
-            if c.chroma_weight > 0:
-                loss = loss + c.chroma_weight * ((err - err.mean(1, keepdim=True)) ** 2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            now = time.perf_counter()
-            elapsed += now - last
-            last = now
+
+def _train_loop(run: _Run, train: np.ndarray, held: Tensor, log: Callable[[str], None]) -> bool:
+    """Train to ``c.steps`` (True) or until ``--max-minutes`` (False, with a checkpoint). Losses are summed on the
+    device and read back only at log steps."""
+    c = run.c
+    started = last = time.perf_counter()
+    loss_sum, count = torch.zeros((), dtype=torch.float64, device=run.device), 0
+    with (run.out / LOG_FILE).open("a") as logfile:
+        start = {"device": str(run.device), "batch_size": run.batch_size, "from_step": run.step}
+        _write(logfile, start, lambda line: None)
+        while run.step < c.steps:
+            loss_sum += run.train_step(run.batch(train)).double()
+            count += 1
+            step, now = run.step, time.perf_counter()
+            run.elapsed, last = run.elapsed + now - last, now
             record: Dict[str, object] = {}
             if step % c.log_every == 0:
-                record = {
-                    "step": step,
-                    "loss": float(np.mean(losses)),
-                    "lr": _lr_at(step - 1, c),
-                    "minutes": elapsed / 60,
-                }
-                losses = []
+                record = {"step": step, "loss": float(loss_sum) / count, "lr": _lr_at(step - 1, c)}
+                record["minutes"] = run.elapsed / 60
+                loss_sum.zero_()
+                count = 0
             if step % c.eval_every == 0 or step == c.steps:
-                record = {
-                    **record,
-                    "step": step,
-                    "minutes": elapsed / 60,
-                    "holdout_psnr": reconstruction_psnr(ae, held),
-                }
+                psnr = reconstruction_psnr(run.ae, held)
+                record = {**record, "step": step, "minutes": run.elapsed / 60, "holdout_psnr": psnr}
                 last = time.perf_counter()  # evaluation time is not training time
             if record:
-                logfile.write(json.dumps(record) + "\n")
-                logfile.flush()
-                log(json.dumps(record))
+                _write(logfile, record, log)
             out_of_time = c.max_minutes > 0 and now - started > 60 * c.max_minutes
             if step % c.save_every == 0 or step == c.steps or out_of_time:
-                save()
+                run.save()
             if out_of_time:
                 log(f"stopped at step {step} after --max-minutes {c.max_minutes}; run again to resume")
-                return out / EXPORT_DIR
+                return False
+    return True
+
+
+def _export(run: _Run, held: Tensor, log: Callable[[str], None]) -> Path:
+    """Fit the normaliser, measure the held-out views, save the ``save_pretrained`` folder with CPU tensors."""
+    ae = run.ae
     ae.normaliser = fitted_normaliser(ae, held)
-    export = ae.save(out / EXPORT_DIR)
-    final = {
-        "step": step,
-        "minutes": elapsed / 60,
-        "final_holdout_psnr": reconstruction_psnr(ae, held),
-        "normaliser": ae.normaliser.to_dict(),
-    }
-    with (out / LOG_FILE).open("a") as logfile:
+    psnr = reconstruction_psnr(ae, held)
+    export = ae.to("cpu").save(run.out / EXPORT_DIR)  # CPU tensors: a folder made on a GPU loads anywhere
+    final = {"step": run.step, "minutes": run.elapsed / 60, "final_holdout_psnr": psnr}
+    final["normaliser"] = ae.normaliser.to_dict()
+    with (run.out / LOG_FILE).open("a") as logfile:
         logfile.write(json.dumps(final) + "\n")
     log(json.dumps(final))
     return export
+
+
+def train_autoencoder(c: AutoencoderTrainingConfig, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) autoencoder-only training on ``c.device``; returns the exported ``save_pretrained`` folder
+    (its path also when ``--max-minutes`` stopped the run before the export)."""
+    out, device = _prepare(c)
+    train, held = _corpora(c, out, log)
+    run = _Run(c, out, device)
+    log(f"device: {describe_device(device)}; {run.batch_size} crops of {c.crop}² a step")
+    if run.resume():
+        log(f"resumed at step {run.step} ({run.elapsed / 60:.1f} min trained so far)")
+    if not _train_loop(run, train, held.to(device), log):
+        return out / EXPORT_DIR
+    return _export(run, held.to(device), log)
 
 
 def read_log(run: Path) -> List[Dict[str, object]]:

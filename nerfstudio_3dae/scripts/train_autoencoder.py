@@ -1,7 +1,8 @@
 """``ns-3dae-train-autoencoder``: autoencoder-only training on a generated corpus (resumable; docs/autoencoder.md).
 
 A thin CLI over :func:`nerfstudio_3dae.autoencoder_training.train_autoencoder`. Run it again with the same
-``--output`` to resume after a stop.
+``--output`` to resume after a stop, on any device: ``--device auto`` (the default) trains on CUDA where
+``torch.cuda.is_available()``, with ``--batch-size auto`` crops a step (32 on CUDA, 8 on the CPU).
 """
 
 from __future__ import annotations
