@@ -257,11 +257,16 @@ def prepare_scenes(
     return ComparedScenes(stage1, generated("scenes", preset.scenes, seed), preset.stage1_scenes, preset.scenes, None)
 
 
-def run_stage1(preset: ComparePreset, data: Selection, runs: Path, autoencoder: str) -> Tuple[Path, float]:
-    """``3dae-autoencoder`` on the stage-1 scenes from ``autoencoder``: its run folder (holding the exported
-    autoencoder and bases) and its wall seconds."""
+def run_stage1(
+    preset: ComparePreset, data: Selection, runs: Path, autoencoder: str, ae_weight: Optional[float] = None
+) -> Tuple[Path, float]:
+    """``3dae-autoencoder`` on the stage-1 scenes from ``autoencoder`` (``ae_weight``: the joint phase's weight of
+    ‖D(E(x)) − x‖², None: the method's): its run folder (holding the exported autoencoder and bases) and its wall
+    seconds."""
     stage1 = configure_method(autoencoder_method(), data, runs, preset, preset.stage1_steps, "stage1")
     stage1.pipeline.model.autoencoder = autoencoder
+    if ae_weight is not None:
+        stage1.pipeline.model.ae_weight = ae_weight
     stage1.pipeline.model.warmup_steps = preset.stage1_warmup
     seed_like_ns_train(stage1.machine.seed)
     start = time.perf_counter()

@@ -72,6 +72,18 @@ LEVERS: Dict[str, Lever] = {
     "decode-scene-rgb-only": Lever(
         "as decode-scene-early without the latent loss", 0.75, {**DECODE_SCENE, "finetune_latent_weight": 0.0}
     ),  # fmt: skip
+    "decode-scene-start": Lever("RGB through D + latent loss from the first step", 1.0, DECODE_SCENE),
+    "decode-scene-dlr1e-3": Lever("as decode-scene-early, decoder learning rate 1e-3", 0.75, DECODE_SCENE, 1e-3),
+    "capacity-r32": Lever(
+        "as decode-scene-early with R = 32 planes (own random bases)",
+        0.75,
+        {**DECODE_SCENE, "resolution": 32, "bases_from_autoencoder": False},
+    ),  # fmt: skip
+    "capacity-micro20": Lever(
+        "as decode-scene-early with 20 scene-specific channels instead of 10",
+        0.75,
+        {**DECODE_SCENE, "micro_channels": 20},
+    ),  # fmt: skip
     "defaults": Lever("the method's defaults (its own fine-tune share)", -1.0),
 }
 """The levers ``--levers`` chooses from. ``decoded_share`` -1: the share the method's defaults give (finetune_start
@@ -136,7 +148,7 @@ def train_lever(
     config = configure_method(latent_method(), compared, runs, preset, preset.latent_steps, f"latent-{name}")
     model = config.pipeline.model
     model.autoencoder = str(stage1_dir)
-    model.bases = stage1_dir
+    model.bases = stage1_dir if lever.model.get("bases_from_autoencoder", True) else None
     for key, value in lever.model.items():
         if not hasattr(model, key):
             raise ValueError(f"lever {name!r}: 3dae-latent has no model option {key!r}")
@@ -187,6 +199,8 @@ class QualitySettings:
     scenes: Optional[str]
     downscale_factor: int
     seed: int
+    stage1_ae_weight: Optional[float] = None
+    """Weight of ‖D(E(x)) − x‖² in stage 1's joint phase (None: the method's)."""
 
 
 def run_quality(
@@ -228,7 +242,7 @@ def run_quality(
     runs = output / "runs"
     if "stage1" not in result or not (Path(result["stage1"]["run"]) / RUN_EXPORT / "config.json").is_file():
         log(f"stage 1: 3dae-autoencoder on {chosen.num_stage1} other scenes, {preset.stage1_steps} steps")
-        stage1_dir, seconds = run_stage1(preset, chosen.stage1, runs, settings.autoencoder)
+        stage1_dir, seconds = run_stage1(preset, chosen.stage1, runs, settings.autoencoder, settings.stage1_ae_weight)
         result["stage1"] = {"run": str(stage1_dir), "seconds": seconds}
         save()
     stage1_dir = Path(result["stage1"]["run"])

@@ -349,7 +349,8 @@ class Quality:
     """Folder for quality.json, quality.md, the generated data and the runs."""
     levers: Tuple[str, ...] = ("stage3-late", "decode-scene-early")
     """Levers to train (nerfstudio_3dae.bench.quality.LEVERS): stage3-late, stage3-half, decode-scene-half,
-    decode-scene-early, decode-scene-frozen, decode-scene-rgb-only, defaults."""
+    decode-scene-early, decode-scene-frozen, decode-scene-rgb-only, decode-scene-start, decode-scene-dlr1e-3,
+    capacity-r32, capacity-micro20, defaults."""
     data: Optional[Path] = None
     """A 3dae-scenes dataset (needs --stage1-scenes and --scenes); without it the preset's scenes are generated."""
     stage1_scenes: Optional[str] = None
@@ -360,6 +361,8 @@ class Quality:
     """The dataparser's downscale_factor for every run."""
     autoencoder: str = "embedded"
     """Where stage 1 starts from: 'embedded', a diffusers folder, a 3dae-autoencoder run or a hub id."""
+    stage1_ae_weight: Optional[float] = None
+    """Weight of ‖D(E(x)) − x‖² in stage 1's joint phase (default: the 3dae-autoencoder method's 0.1)."""
     max_views: int = 16
     """Training views scored for the train-side figures (spread over the scenes)."""
     threads: int = 0
@@ -380,7 +383,7 @@ class Quality:
             torch.set_num_threads(self.threads)
         settings = QualitySettings(
             self.preset, list(self.levers), self.autoencoder, self.data and str(self.data), self.stage1_scenes,
-            self.scenes, self.downscale_factor, self.seed,
+            self.scenes, self.downscale_factor, self.seed, self.stage1_ae_weight,
         )  # fmt: skip
         result = run_quality(settings, self.output, self.max_views, log=CONSOLE.print)
         CONSOLE.print(quality_tables(result), soft_wrap=True, highlight=False)
