@@ -3,19 +3,25 @@ reconstructions of generated views it never saw."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from nerfstudio_3dae import autoencoder_training
 from nerfstudio_3dae.autoencoder import load_autoencoder
 from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER
 from nerfstudio_3dae.autoencoder_training import (
     AutoencoderTrainingConfig,
+    load_state,
     random_crops,
     read_log,
     reconstruction_psnr,
+    resolve_batch_size,
+    resolve_device,
     train_autoencoder,
 )
 from nerfstudio_3dae.data.images import load_images
@@ -53,10 +59,110 @@ def test_training_learns_and_resumes_exactly(tmp_path: Path, one_thread):
     train_autoencoder(stopped, log=lambda s: None)
     assert torch.load(tmp_path / "split" / "state.pt", weights_only=False)["step"] == 1
     assert not (tmp_path / "split" / "autoencoder").exists()
-    stopped.max_minutes = 0.0
+    # as if that state had been written on a GPU: it must resume here all the same (map_location)
+    _as_if_saved_on_cuda(tmp_path / "split" / "state.pt")
+    stopped.max_minutes, stopped.device = 0.0, "cpu"
     again = load_autoencoder(train_autoencoder(stopped, log=lambda s: None))
     for (name, a), (_, b) in zip(ae.model.state_dict().items(), again.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), f"{name} differs after a resume"
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def _as_if_saved_on_cuda(path: Path) -> None:
+    """Rewrite a state.pt so that its tensors say they were saved on cuda:0 (as a GPU run's would, unmapped)."""
+    state = torch.load(path, weights_only=False)
+    real_tag = torch.serialization.location_tag
+    torch.serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(state, path)
+    finally:
+        torch.serialization.location_tag = real_tag
+    if not torch.cuda.is_available():  # the rewrite is real: without map_location it would not load here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=False)
+    assert all(t.device.type == "cpu" for t in _tensors(load_state(path)))
+
+
+def test_device_and_batch_size_options():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+    for bad in ("tpu", "cuda:99", "cuda0", ""):
+        with pytest.raises(ValueError, match="--device"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: no CUDA device"):
+            resolve_device("cuda")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (resolve_batch_size("auto", cpu), resolve_batch_size("auto", cuda)) == (8, 32)
+    assert resolve_batch_size(5, cuda) == resolve_batch_size(5, cpu) == 5
+    for bad in (0, -1, "big", True):
+        with pytest.raises(ValueError, match="--batch-size"):
+            resolve_batch_size(bad, cpu)
+
+
+def test_the_cli_names_a_bad_device(tmp_path: Path, monkeypatch, capsys):
+    from nerfstudio_3dae.scripts.train_autoencoder import entrypoint
+
+    monkeypatch.setattr(sys, "argv", ["ns-3dae-train-autoencoder", "--output", str(tmp_path / "r"), "--device", "tpu"])
+    with pytest.raises(SystemExit) as stop:
+        entrypoint()
+    assert stop.value.code == 2 and "--device 'tpu'" in capsys.readouterr().out
+    assert not (tmp_path / "r").exists(), "nothing is written before the options are checked"
+
+
+def test_device_cpu_is_honoured(tmp_path: Path, one_thread, monkeypatch):
+    seen = {}
+    real_export = autoencoder_training._export
+
+    def export(run, held, log):  # the model and Adam's moments as training left them
+        seen["params"] = {p.device.type for p in run.ae.parameters()}
+        seen["moments"] = {t.device.type for t in _tensors(run.opt.state_dict()["state"])}
+        return real_export(run, held, log)
+
+    monkeypatch.setattr(autoencoder_training, "_export", export)
+    lines = []
+    config = _tiny(tmp_path / "run", tmp_path / "corpus", 3, device="cpu")
+    config.batch_size = "auto"
+    export_dir = train_autoencoder(config, log=lines.append)
+    assert seen == {"params": {"cpu"}, "moments": {"cpu"}}
+    assert any(line.startswith("device: cpu (1 thread); 8 crops of 16²") for line in lines), lines
+    assert read_log(tmp_path / "run")[0] == {"device": "cpu", "batch_size": 8, "from_step": 0}
+    state = load_state(tmp_path / "run" / "state.pt")
+    assert state["step"] == 3 and {t.device.type for t in _tensors(state)} == {"cpu"}
+    assert json.loads((export_dir / "config.json").read_text())["latent_channels"] == 4
+
+
+@pytest.mark.cuda
+def test_cuda_training_resumes_across_devices_and_exports_for_the_cpu(tmp_path: Path):
+    corpus = tmp_path / "corpus"
+    for first, then in (("cuda", "cpu"), ("cpu", "cuda")):
+        run = tmp_path / f"{first}-then-{then}"
+        stopped = _tiny(run, corpus, 12, device=first, max_minutes=1e-9)
+        stopped.batch_size = "auto"
+        train_autoencoder(stopped, log=lambda s: None)
+        state = load_state(run / "state.pt")
+        assert state["step"] == 1 and {t.device.type for t in _tensors(state)} == {"cpu"}
+        stopped.max_minutes, stopped.device = 0.0, then
+        export = train_autoencoder(stopped, log=lambda s: None)
+        log = read_log(run)
+        assert [(r["device"], r["batch_size"]) for r in log if "device" in r] == [
+            (first if first == "cpu" else "cuda", 32 if first == "cuda" else 8),
+            (then if then == "cpu" else "cuda", 32 if then == "cuda" else 8),
+        ]
+        ae = load_autoencoder(export)
+        assert {p.device.type for p in ae.parameters()} == {"cpu"}
+        held = torch.from_numpy(np.load(corpus / "holdout" / "images.npy")).permute(0, 3, 1, 2)
+        assert reconstruction_psnr(ae, held) == pytest.approx(log[-1]["final_holdout_psnr"], abs=0.1)
 
 
 def test_corpus_settings_are_checked(tmp_path: Path, one_thread):
