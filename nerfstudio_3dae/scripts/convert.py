@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import tyro
 from rich.console import Console
@@ -52,8 +53,79 @@ class ConvertSrn:
         console.print(f"wrote {len(names)} scenes to {self.output} (load them with the 3dae-scenes dataparser)")
 
 
+@dataclass
+class ConvertMeshes:
+    """Render textured meshes (OBJ+MTL with UV textures, vertex or material colours; one mesh per scene) with the
+    generator's camera rig: the same framing, cameras and lighting as ns-3dae-synth."""
+
+    input: Tuple[Path, ...]
+    """Mesh files, or folders searched recursively for .obj/.ply/.glb/.gltf/.off/.stl files."""
+    output: Path
+    """Output dataset root (scenes.json + one scene folder per mesh)."""
+    views_per_scene: int = 24
+    """Views rendered per mesh."""
+    test_views: int = 4
+    """The first K views of every scene are test views (K < views-per-scene)."""
+    resolution: int = 128
+    """Image width and height in pixels."""
+    seed: int = 0
+    """Camera seed; a scene's cameras depend only on (seed, scene name)."""
+    up: Literal["y", "z"] = "y"
+    """The files' up axis (OBJ's convention: +Y); scenes are written +Z up."""
+    limit: Optional[int] = None
+    """Stop after this many converted scenes (meshes in sorted order)."""
+    workers: int = 1
+    """Processes rendering at once (the output does not depend on it)."""
+    skip_bad: bool = False
+    """Go on past meshes that cannot be read or have no faces: they are listed at the end and in skipped.json."""
+    resume: bool = False
+    """Write into a non-empty output, keeping finished scenes rendered with the same settings."""
+    overwrite: bool = False
+    """Write into a non-empty output, removing the scenes an earlier conversion wrote there."""
+
+    def main(self) -> None:
+        from nerfstudio_3dae.data.meshes import convert_meshes, find_meshes
+
+        console = Console()
+        start = time.perf_counter()
+        files = find_meshes(self.input)
+        total = len(files) if self.limit is None else min(self.limit, len(files))
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("rendering meshes", total=total)
+
+            def report(status: str, what: str) -> None:
+                if status == "skipped":
+                    console.print(f"[yellow]skipped:[/] {what}")
+                else:
+                    progress.advance(task)
+
+            result = convert_meshes(
+                self.input,
+                self.output,
+                views_per_scene=self.views_per_scene,
+                test_views=self.test_views,
+                resolution=self.resolution,
+                seed=self.seed,
+                up=self.up,
+                limit=self.limit,
+                workers=self.workers,
+                overwrite=self.overwrite,
+                resume=self.resume,
+                skip_bad=self.skip_bad,
+                on_scene=report,
+            )
+        console.print(
+            f"wrote {len(result.names)} scenes x {self.views_per_scene} views of {self.resolution}^2 to {self.output} "
+            f"({len(result.rendered)} rendered, {len(result.kept)} kept from an earlier run, "
+            f"{len(result.skipped)} meshes skipped) in {time.perf_counter() - start:.1f} s"
+        )
+        for file, reason in result.skipped:
+            console.print(f"  skipped {file}: {reason}")
+
+
 def entrypoint() -> None:
-    command = tyro.extras.subcommand_cli_from_dict({"srn": ConvertSrn}, description=__doc__)
+    command = tyro.extras.subcommand_cli_from_dict({"srn": ConvertSrn, "meshes": ConvertMeshes}, description=__doc__)
     try:
         command.main()
     except DatasetError as err:
