@@ -1,33 +1,71 @@
 #!/usr/bin/env bash
-# Remakes the embedded autoencoder (nerfstudio_3dae/weights/autoencoder) by the project's own recipe, on the CPU:
+# Remakes the embedded autoencoder (nerfstudio_3dae/weights/autoencoder) by the project's own recipe, on a GPU when
+# there is one (DEVICE=auto), else on the CPU:
 #   1. autoencoder-only training on a large generated corpus (ns-3dae-train-autoencoder: 800 cars + 100 chairs +
-#      100 tables x 16 views at 128², random 64² crops, the last steps on whole images);
+#      100 tables x 16 views at 128², random 64² crops, the last steps on whole images; 8 crops a step on the CPU,
+#      32 on CUDA);
 #   2. the 3dae-autoencoder joint phase on 100 other generated cars (warm-up on cached latents, then E, D and the
 #      scenes together, 2 scenes x 2 views a step: a joint step runs E and D at 128²): the latent space becomes
 #      3D-aware;
-#   3. the export is copied into the package.
+#   3. the export is copied into the package (INSTALL=0: not).
 # Every step resumes after a stop: run the script again with the same WORK. Progress: $WORK/ae/log.jsonl and the
-# ns-train log. Hours on 2 cores (docs/autoencoder.md records the last run).
+# ns-train log. Hours on 2 CPU cores, minutes on one GPU (docs/autoencoder.md records both; scripts/gpu_recipe.sh
+# runs it at GPU sizes).
+#
+# Environment (defaults in brackets):
+#   WORK [outputs/embedded-ae-v2]  run folder           CORPUS [$WORK]      where the generated corpus lives
+#   DEVICE [auto]  --device of step 1 (auto: CUDA when torch sees one); cpu/cuda also set step 2's --machine.device-type
+#                  (auto leaves step 2 to the method, which uses CUDA when there is one)
+#   BATCH [auto]   crops a step (auto: 32 on CUDA, 8 on the CPU)
+#   WORKERS [CPUs, at most 16]  generator processes (the corpus does not depend on it)
+#   THREADS [1]    torch CPU threads of step 1
+#   AE_STEPS [5000]  FULL_STEPS [400]  step 1's steps, the last FULL_STEPS of them on whole images
+#   JOINT_STEPS [1200]  WARMUP_STEPS [800]  step 2's steps, the first WARMUP_STEPS of them warm-up
+#   JOINT_SCENES [100]  JOINT_VIEWS [24]  JOINT_TEST_VIEWS [4]  step 2's generated cars (seed 7000)
+#   CHANNELS [16]  latent channels      RESOLUTION [128]  image size of both corpora
+#   AE_ARGS, JOINT_ARGS  more options for step 1 / step 2 (last wins)       INSTALL [1]  step 3 on (1) or off (0)
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! command -v ns-3dae-train-autoencoder >/dev/null 2>&1; then  # else: an installed project (.whl/install.sh)
+  source "$ROOT/scripts/env.sh"
+fi
+export WANDB_MODE=disabled HF_HUB_OFFLINE=1
 cd "$ROOT"
 WORK="${WORK:-$ROOT/outputs/embedded-ae-v2}"
 CORPUS="${CORPUS:-$WORK}"
+DEVICE="${DEVICE:-auto}"
+BATCH="${BATCH:-auto}"
+CPUS="$(nproc 2>/dev/null || echo 2)"
+WORKERS="${WORKERS:-$((CPUS < 16 ? CPUS : 16))}"
 AE_STEPS="${AE_STEPS:-5000}"
 FULL_STEPS="${FULL_STEPS:-400}"
 JOINT_STEPS="${JOINT_STEPS:-1200}"
 WARMUP_STEPS="${WARMUP_STEPS:-800}"
+JOINT_SCENES="${JOINT_SCENES:-100}"
+JOINT_VIEWS="${JOINT_VIEWS:-24}"
+JOINT_TEST_VIEWS="${JOINT_TEST_VIEWS:-4}"
 CHANNELS="${CHANNELS:-16}"
+RESOLUTION="${RESOLUTION:-128}"
+MACHINE=()
+case "$DEVICE" in
+  cpu) MACHINE=(--machine.device-type cpu) ;;
+  cuda*) MACHINE=(--machine.device-type cuda) ;;
+esac
 mkdir -p "$WORK"
 
-echo "[make-ae] 1/3 autoencoder-only: $AE_STEPS steps ($FULL_STEPS on whole images), $CHANNELS latent channels"
+echo "[make-ae] 1/3 autoencoder-only: $AE_STEPS steps ($FULL_STEPS on whole images), $CHANNELS latent channels," \
+  "--device $DEVICE, --batch-size $BATCH, $WORKERS generator workers"
+SECONDS=0
 ns-3dae-train-autoencoder --output "$WORK/ae" --corpus-dir "$CORPUS" --latent-channels "$CHANNELS" \
-  --steps "$AE_STEPS" --full-image-steps "$FULL_STEPS" --eval-every 500 --save-every 100 --threads 1 ${AE_ARGS:-}
+  --steps "$AE_STEPS" --full-image-steps "$FULL_STEPS" --eval-every 500 --save-every 100 --threads "${THREADS:-1}" \
+  --device "$DEVICE" --batch-size "$BATCH" --workers "$WORKERS" --resolution "$RESOLUTION" ${AE_ARGS:-}
+echo "[make-ae] 1/3 done in $SECONDS s"
 
 echo "[make-ae] 2/3 joint phase (3dae-autoencoder): $JOINT_STEPS steps, $WARMUP_STEPS of them warm-up"
+SECONDS=0
 if [ ! -f "$WORK/joint-scenes/scenes.json" ]; then
-  ns-3dae-synth --output "$WORK/joint-scenes" --num-scenes 100 --views-per-scene 24 --resolution 128 \
-    --test-views 4 --seed 7000 --overwrite
+  ns-3dae-synth --output "$WORK/joint-scenes" --num-scenes "$JOINT_SCENES" --views-per-scene "$JOINT_VIEWS" \
+    --resolution "$RESOLUTION" --test-views "$JOINT_TEST_VIEWS" --seed 7000 --workers "$WORKERS" --overwrite
 fi
 RUN="$WORK/runs/embedded-ae/3dae-autoencoder/run"
 RESUME=()
@@ -38,10 +76,15 @@ fi
 # a finished run resumes at its last step, trains nothing and exports again
 ns-train 3dae-autoencoder --data "$WORK/joint-scenes" --output-dir "$WORK/runs" --experiment-name embedded-ae \
     --timestamp run --max-num-iterations "$JOINT_STEPS" --vis tensorboard --steps-per-eval-image 500 \
-    --steps-per-save 100 --logging.steps-per-log 50 "${RESUME[@]}" \
+    --steps-per-save 100 --logging.steps-per-log 50 "${RESUME[@]}" "${MACHINE[@]}" \
     --pipeline.model.autoencoder "$WORK/ae/autoencoder" --pipeline.model.warmup-steps "$WARMUP_STEPS" \
     --pipeline.datamanager.scenes-per-step 2 --pipeline.datamanager.views-per-scene 2 ${JOINT_ARGS:-}
+echo "[make-ae] 2/3 done in $SECONDS s"
 
+if [ "${INSTALL:-1}" = 0 ]; then
+  echo "[make-ae] 3/3 skipped (INSTALL=0): the 3D-aware autoencoder is $RUN/autoencoder"
+  exit 0
+fi
 echo "[make-ae] 3/3 export into the package"
 rm -rf nerfstudio_3dae/weights/autoencoder
 mkdir -p nerfstudio_3dae/weights
