@@ -226,7 +226,8 @@ def run_quality(
             k: v for k, v in asked.items() if k != "levers"
         }:
             result = previous
-            log(f"resuming {path}: reusing {', '.join(['stage1', 'rgb', *result.get('levers', {})][: len(result)])}")
+            done = [part for part in ("stage1", "rgb") if part in result] + list(result.get("levers", {}))
+            log(f"resuming {path}: reusing {', '.join(done) or 'nothing yet'}")
     result.update(settings=asked, device=describe_device(resolve_device("auto")), margin_db=target_margin_db)
     result.setdefault("levers", {})
 

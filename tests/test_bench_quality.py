@@ -1,0 +1,45 @@
+"""ns-3dae-bench quality: decoded PSNR stage by stage and per lever against RGB Tri-Planes (tiny preset, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nerfstudio_3dae.bench.presets import PRESETS
+from nerfstudio_3dae.bench.quality import LEVERS, QualitySettings, decoded_start, run_quality
+
+
+def test_levers_share_the_latent_phase_and_the_run_resumes(tmp_path: Path, one_thread):
+    levers = ["decode-scene-early", "decode-scene-frozen"]
+    settings = QualitySettings("tiny", levers, "embedded", None, None, None, 1, 0)
+    logs: list = []
+    result = run_quality(settings, tmp_path, max_views=4, log=logs.append)
+    preset = PRESETS["tiny"]
+    early, frozen = (result["levers"][name] for name in levers)
+    start = decoded_start(LEVERS["decode-scene-early"], preset)
+    assert early["decoded_start"] == frozen["decoded_start"] == start == round(preset.latent_steps / 4)
+    # same seeds and the same latent phase: equal figures at the switch; the frozen decoder differs only after it
+    assert early["at_switch"]["test"]["psnr"] == pytest.approx(frozen["at_switch"]["test"]["psnr"], abs=1e-4)
+    assert early["at_switch"]["train"]["latent_psnr"] == pytest.approx(frozen["at_switch"]["train"]["latent_psnr"])
+    assert early["final"]["test"]["psnr"] != pytest.approx(frozen["final"]["test"]["psnr"], abs=1e-4)
+    # the decoded phase trains on the training views: they score above the test views at the end
+    assert early["final"]["train"]["psnr"] > early["at_switch"]["train"]["psnr"]
+    assert 5 < result["autoencoder_psnr"]["input"] < 60 and 5 < result["rgb"]["final"]["test"]["psnr"] < 60
+    table = (tmp_path / "quality.md").read_text()
+    assert table.count("| decode-scene-") == 4, "one row per lever in each of the two tables"
+
+    # run again: stage 1, RGB and both levers are reused; a new lever is the only run
+    saved = json.loads((tmp_path / "quality.json").read_text())
+    settings.levers = levers + ["stage3-late"]
+    again = run_quality(settings, tmp_path, max_views=4, log=logs.append)
+    assert again["levers"]["decode-scene-early"] == saved["levers"]["decode-scene-early"]
+    assert again["stage1"] == saved["stage1"] and again["rgb"] == saved["rgb"]
+    assert again["levers"]["stage3-late"]["decoded_start"] == preset.finetune_start
+    assert sum("lever decode-scene-early" in line for line in logs) == 1, "a finished lever is not trained again"
+
+
+def test_unknown_levers_are_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="--levers: unknown"):
+        run_quality(QualitySettings("tiny", ["faster"], "embedded", None, None, None, 1, 0), tmp_path)

@@ -1,0 +1,50 @@
+"""3dae-latent's decoded phase (the fine-tune): RGB through the decoder, the latent loss kept beside it
+(``finetune_latent_weight``), the decoder learning or frozen (``finetune_decoder``)."""
+
+from __future__ import annotations
+
+import torch
+from conftest import tiny_run_config
+
+from nerfstudio_3dae.autoencoder import is_encoder_tensor
+from nerfstudio_3dae.method_configs import latent_method
+
+
+def _trainer(data, out, **model):
+    config = tiny_run_config(latent_method(), data, out, steps=3)
+    config.pipeline.model.autoencoder, config.pipeline.model.scratch_width = "scratch", 8
+    config.pipeline.datamanager.cache_images = "cpu"
+    for key, value in model.items():
+        setattr(config.pipeline.model, key, value)
+    config.set_timestamp()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def _decoder(model) -> dict:
+    named = model.autoencoder.model.named_parameters()
+    return {n: p.detach().clone() for n, p in named if not is_encoder_tensor(n)}
+
+
+def test_the_decoded_phase_keeps_the_latent_loss_and_can_freeze_the_decoder(tiny_dataset, tmp_path, one_thread):
+    data = tiny_dataset(num_scenes=2)
+    frozen = _trainer(data, tmp_path / "frozen", finetune_start=0, finetune_latent_weight=0.5, finetune_decoder=False)
+    model = frozen.pipeline.model
+    before, micro = _decoder(model), model.field.bank.micro.detach().clone()
+    frozen.train()
+    assert model.phase == "finetune"
+    assert frozen.pipeline.datamanager.train_latents is not None, "a kept latent loss reads the cached latents"
+    _, losses, _ = frozen.pipeline.get_train_loss_dict(3)
+    assert set(losses) >= {"latent_loss", "rgb_loss"}
+    assert all(torch.equal(before[n], p) for n, p in _decoder(model).items()), "a frozen decoder does not move"
+    assert not torch.equal(micro, model.field.bank.micro), "the scenes learn from the decoded loss"
+
+    learning = _trainer(
+        data, tmp_path / "learning", finetune_start=0, finetune_latent_weight=0.0, finetune_decoder=True
+    )
+    before = _decoder(learning.pipeline.model)
+    learning.train()
+    _, losses, _ = learning.pipeline.get_train_loss_dict(3)
+    assert "latent_loss" not in losses and "rgb_loss" in losses
+    assert any(not torch.equal(before[n], p) for n, p in _decoder(learning.pipeline.model).items())
