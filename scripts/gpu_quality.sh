@@ -6,7 +6,9 @@
 #   gen-aew1   stage 1 with the autoencoder loss weighted 1.0 instead of 0.1 (the joint phase's cost in D(E(x)));
 #   gen-ae     stage 1 from the autoencoder folder $AE (e.g. the GPU-trained one of the recipe's step 1);
 #   joint-*    the recipe's joint phase (step 2) from $AE at ae-weight 0.1 and 1.0, then the bench from each export;
-#   real-*     the main levers on the real data set $REAL (scenes $REAL_STAGE1 for stage 1, $REAL_SCENES compared).
+#   real-*     the main levers on the real data set $REAL (scenes $REAL_STAGE1 for stage 1, $REAL_SCENES compared);
+#   gen-f4     an autoencoder of factor 4 (32² latents at 128², widths 32/64/128) trained by ns-3dae-train-autoencoder
+#              on a generated corpus (the recipe's step 1, shorter), then the bench from it.
 # At the end OUT/quality-results.tgz holds every quality.json/.md, the logs and the joint exports' D(E(x)).
 #   bash scripts/gpu_quality.sh OUT                 (on the GPU machine, the project installed: ../shared/gpu-run.md)
 #   bash scripts/gpu_quality.sh OUT --cpu-smoke     (the same groups at the tiny preset on the CPU: tests/)
@@ -17,8 +19,11 @@ JOINT_SCENES=100
 JOINT_STEPS=1200
 JOINT_WARMUP=800
 SIZE=128
+F4=(--cars 300 --chairs 50 --tables 50 --steps 3000 --full-image-steps 200 --workers 6)
 if [ "${2:-}" = "--cpu-smoke" ]; then
   PRESET=tiny JOINT_SCENES=2 JOINT_STEPS=6 JOINT_WARMUP=3 SIZE=16
+  F4=(--cars 2 --chairs 1 --tables 1 --holdout-cars 1 --views-per-scene 2 --holdout-views 1 --resolution 32 --crop 16
+    --steps 4 --full-image-steps 1 --eval-every 4 --save-every 4 --workers 1)
 fi
 AE="${AE:-}"
 REAL="${REAL:-}"
@@ -55,6 +60,12 @@ bench gen-b --levers decode-scene-early decode-scene-frozen decode-scene-rgb-onl
 bench gen-c --levers decode-scene-start decode-scene-dlr1e-3 &
 bench gen-d --levers capacity-r32 capacity-micro20 &
 bench gen-aew1 --stage1-ae-weight 1.0 --levers stage3-late decode-scene-early &
+(
+  ns-3dae-train-autoencoder --output "$OUT/ae-f4" --block-out-channels 32 64 128 --device auto --batch-size auto \
+    "${F4[@]}" >"$OUT/ae-f4.log" 2>&1
+  echo "[gpu-quality] factor-4 autoencoder: exit $? after $(($(date +%s) - START)) s"
+  bench gen-f4 --autoencoder "$OUT/ae-f4/autoencoder" --levers stage3-late decode-scene-early
+) &
 if [ -n "$AE" ]; then
   bench gen-ae --autoencoder "$AE" --levers stage3-late decode-scene-early &
   (
@@ -74,7 +85,7 @@ fi
 wait
 echo "[gpu-quality] all groups done after $(($(date +%s) - START)) s"
 (cd "$OUT" && tar czf quality-results.tgz --exclude='runs*' --exclude='data' --exclude='joint-scenes' \
-  ./*.log ./*/quality.json ./*/quality.md ./ae-joint-*/*.json 2>/dev/null)
+  ./*.log ./*/quality.json ./*/quality.md ./ae-joint-*/*.json ./ae-f4/log.jsonl 2>/dev/null)
 for md in "$OUT"/*/quality.md; do
   echo "== $md"
   cat "$md"
