@@ -43,3 +43,19 @@ def test_levers_share_the_latent_phase_and_the_run_resumes(tmp_path: Path, one_t
 def test_unknown_levers_are_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="--levers: unknown"):
         run_quality(QualitySettings("tiny", ["faster"], "embedded", None, None, None, 1, 0), tmp_path)
+
+
+def test_without_stage1_and_with_the_rgb_run_of_another(tmp_path: Path, one_thread):
+    first = QualitySettings("tiny", ["stage3-late"], "embedded", None, None, None, 1, 0)
+    run_quality(first, tmp_path / "first", max_views=2, log=lambda line: None)
+    no_stage1 = QualitySettings("tiny", ["stage3-late"], "embedded", None, None, None, 1, 0, stage1_steps=0)
+    logs: list = []
+    result = run_quality(no_stage1, tmp_path / "second", max_views=2, log=logs.append,
+                         rgb_from=tmp_path / "first" / "quality.json")  # fmt: skip
+    assert "stage1" not in result and result["autoencoder_psnr"]["stage1"] is None
+    assert not any("3dae-rgb" in line for line in logs), "the RGB run is reused, not trained again"
+    assert "| stage3-late | " in (tmp_path / "second" / "quality.md").read_text()
+    assert "no stage 1" in (tmp_path / "second" / "quality.md").read_text()
+    other_scenes = QualitySettings("tiny", ["stage3-late"], "embedded", None, None, None, 1, 5, stage1_steps=0)
+    with pytest.raises(ValueError, match="--rgb-from"):
+        run_quality(other_scenes, tmp_path / "third", rgb_from=tmp_path / "first" / "quality.json")

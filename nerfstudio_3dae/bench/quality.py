@@ -140,14 +140,17 @@ def train_lever(
     preset: ComparePreset,
     compared,
     runs: Path,
-    stage1_dir: Path,
+    autoencoder: str,
+    stage1_dir: Optional[Path],
     max_views: int,
     log: Callable[[str], None],
+    on_pipeline: Callable[[Any], None] = lambda pipeline: None,
 ) -> Dict[str, Any]:
-    """Train one lever; its curve, the figures at the switch and at the end, and its clock."""
+    """Train one lever in the latent space of ``autoencoder`` (with the bases of ``stage1_dir`` when given); its
+    curve, the figures at the switch and at the end, and its clock. ``on_pipeline`` sees the trained pipeline."""
     config = configure_method(latent_method(), compared, runs, preset, preset.latent_steps, f"latent-{name}")
     model = config.pipeline.model
-    model.autoencoder = str(stage1_dir)
+    model.autoencoder = autoencoder
     model.bases = stage1_dir if lever.model.get("bases_from_autoencoder", True) else None
     for key, value in lever.model.items():
         if not hasattr(model, key):
@@ -170,6 +173,7 @@ def train_lever(
         run.step(step)
     final = run.evaluate(run.steps)
     result = run.finish()
+    on_pipeline(run.trainer.pipeline)
     return {
         "what": lever.what,
         "decoded_start": start,
@@ -201,6 +205,13 @@ class QualitySettings:
     seed: int
     stage1_ae_weight: Optional[float] = None
     """Weight of ‖D(E(x)) − x‖² in stage 1's joint phase (None: the method's)."""
+    stage1_steps: Optional[int] = None
+    """Steps of stage 1, half of them warm-up (None: the preset's); 0: no stage 1, the levers train in the latent
+    space of ``autoencoder`` as it is (as ``ns-train 3dae-latent`` does with the embedded autoencoder)."""
+
+
+DATA_KEYS = ("preset", "data", "stage1_scenes", "scenes", "downscale_factor", "seed")
+"""Settings that decide the compared scenes and so the RGB Tri-Planes run (``rgb_from`` reuses it when they match)."""
 
 
 def run_quality(
@@ -209,25 +220,38 @@ def run_quality(
     max_views: int = 16,
     target_margin_db: float = 0.5,
     log: Callable[[str], None] = print,
+    rgb_from: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """Stage 1, RGB Tri-Planes and every lever on the same scenes; writes ``output/quality.json`` after each run and
-    ``quality.md`` at the end, and returns the result."""
+    ``quality.md`` at the end, and returns the result. ``rgb_from``: a quality.json on the same scenes whose RGB
+    Tri-Planes run is reused."""
     unknown = [name for name in settings.levers if name not in LEVERS]
     if unknown or not settings.levers:
         raise ValueError(f"--levers: unknown {unknown} (choose from {', '.join(LEVERS)})")
     preset = PRESETS[settings.preset]
+    if settings.stage1_steps is not None:
+        if settings.stage1_steps < 0:
+            raise ValueError(f"--stage1-steps must be >= 0, got {settings.stage1_steps}")
+        half = settings.stage1_steps // 2
+        preset = dataclasses.replace(preset, stage1_steps=settings.stage1_steps, stage1_warmup=half)
     output = Path(output)
     path = output / "quality.json"
     asked = dataclasses.asdict(settings)
     result: Dict[str, Any] = {}
     if path.is_file():
         previous = json.loads(path.read_text())
-        if {k: v for k, v in previous.get("settings", {}).items() if k != "levers"} == {
-            k: v for k, v in asked.items() if k != "levers"
-        }:
+        if _same(previous.get("settings", {}), asked, [k for k in asked if k != "levers"]):
             result = previous
             done = [part for part in ("stage1", "rgb") if part in result] + list(result.get("levers", {}))
             log(f"resuming {path}: reusing {', '.join(done) or 'nothing yet'}")
+    if rgb_from is not None and "rgb" not in result:
+        other = json.loads(Path(rgb_from).read_text())
+        if "rgb" not in other or not _same(other.get("settings", {}), asked, DATA_KEYS):
+            raise ValueError(
+                f"--rgb-from {rgb_from}: no RGB Tri-Planes run on the same scenes ({', '.join(DATA_KEYS)})"
+            )
+        result["rgb"] = other["rgb"]
+        log(f"RGB Tri-Planes from {rgb_from}")
     result.update(settings=asked, device=describe_device(resolve_device("auto")), margin_db=target_margin_db)
     result.setdefault("levers", {})
 
@@ -237,16 +261,23 @@ def run_quality(
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(path)
 
+    def autoencoders_scored(pipeline) -> None:  # D(E(x)) on the compared test views, once
+        if "autoencoder_psnr" not in result:
+            after = None if stage1_dir is None else autoencoded_psnr(str(stage1_dir), pipeline)
+            result["autoencoder_psnr"] = {"input": autoencoded_psnr(settings.autoencoder, pipeline), "stage1": after}
+
     data = settings.data and Path(settings.data)
     chosen = prepare_scenes(preset, output, settings.seed, data, settings.stage1_scenes, settings.scenes,
                             settings.downscale_factor)  # fmt: skip
     runs = output / "runs"
-    if "stage1" not in result or not (Path(result["stage1"]["run"]) / RUN_EXPORT / "config.json").is_file():
-        log(f"stage 1: 3dae-autoencoder on {chosen.num_stage1} other scenes, {preset.stage1_steps} steps")
-        stage1_dir, seconds = run_stage1(preset, chosen.stage1, runs, settings.autoencoder, settings.stage1_ae_weight)
-        result["stage1"] = {"run": str(stage1_dir), "seconds": seconds}
-        save()
-    stage1_dir = Path(result["stage1"]["run"])
+    stage1_dir: Optional[Path] = None
+    if preset.stage1_steps > 0:
+        if "stage1" not in result or not (Path(result["stage1"]["run"]) / RUN_EXPORT / "config.json").is_file():
+            log(f"stage 1: 3dae-autoencoder on {chosen.num_stage1} other scenes, {preset.stage1_steps} steps")
+            run_dir, seconds = run_stage1(preset, chosen.stage1, runs, settings.autoencoder, settings.stage1_ae_weight)
+            result["stage1"] = {"run": str(run_dir), "seconds": seconds}
+            save()
+        stage1_dir = Path(result["stage1"]["run"])
     if "rgb" not in result:
         log(f"3dae-rgb (RGB Tri-Planes) on {chosen.num_compared} scenes, {preset.rgb_steps} steps")
         config = configure_method(rgb_method(), chosen.compared, runs, preset, preset.rgb_steps, "rgb", bases=False)
@@ -259,22 +290,25 @@ def run_quality(
         pipeline = run.trainer.pipeline
         result["rgb"] = {"final": {"test": _pick(final), "train": split_metrics(pipeline, "train", max_views)},
                          "curve": run.finish().curve}  # fmt: skip
-        result["autoencoder_psnr"] = {
-            "input": autoencoded_psnr(settings.autoencoder, pipeline),
-            "stage1": autoencoded_psnr(str(stage1_dir), pipeline),
-        }
         result["rgb"]["seconds"] = result["rgb"]["curve"][-1][1]
+        autoencoders_scored(pipeline)
         save()
     for name in settings.levers:
         if name in result["levers"]:
             continue
         begin = time.perf_counter()
-        row = train_lever(name, LEVERS[name], preset, chosen.compared, runs, stage1_dir, max_views, log)
+        source = settings.autoencoder if stage1_dir is None else str(stage1_dir)
+        row = train_lever(name, LEVERS[name], preset, chosen.compared, runs, source, stage1_dir, max_views, log,
+                          autoencoders_scored)  # fmt: skip
         row["wall_s"] = time.perf_counter() - begin
         result["levers"][name] = row
         save()
     (output / "quality.md").write_text(quality_tables(result))
     return result
+
+
+def _same(a: Dict[str, Any], b: Dict[str, Any], keys: Sequence[str]) -> bool:
+    return all(a.get(k) == b.get(k) for k in keys)
 
 
 def stage_row(result: Dict[str, Any], lever: str) -> List[str]:
@@ -289,7 +323,7 @@ def stage_row(result: Dict[str, Any], lever: str) -> List[str]:
     return [
         lever,
         f"{ae['input']:.2f}",
-        f"{ae['stage1']:.2f}",
+        "no stage 1" if ae["stage1"] is None else f"{ae['stage1']:.2f}",
         cell(switch, "train", "latent_psnr"),
         cell(switch, "test", "latent_psnr"),
         cell(switch, "train", "psnr"),

@@ -363,6 +363,11 @@ class Quality:
     """Where stage 1 starts from: 'embedded', a diffusers folder, a 3dae-autoencoder run or a hub id."""
     stage1_ae_weight: Optional[float] = None
     """Weight of ‖D(E(x)) − x‖² in stage 1's joint phase (default: the 3dae-autoencoder method's 0.1)."""
+    stage1_steps: Optional[int] = None
+    """Steps of stage 1 (half of them warm-up; default: the preset's); 0: no stage 1, the levers train in the latent
+    space of --autoencoder as it is (what ns-train 3dae-latent does with the embedded autoencoder)."""
+    rgb_from: Optional[Path] = None
+    """A quality.json on the same scenes (preset, data, selections, seed) whose RGB Tri-Planes run is reused."""
     max_views: int = 16
     """Training views scored for the train-side figures (spread over the scenes)."""
     threads: int = 0
@@ -383,9 +388,13 @@ class Quality:
             torch.set_num_threads(self.threads)
         settings = QualitySettings(
             self.preset, list(self.levers), self.autoencoder, self.data and str(self.data), self.stage1_scenes,
-            self.scenes, self.downscale_factor, self.seed, self.stage1_ae_weight,
+            self.scenes, self.downscale_factor, self.seed, self.stage1_ae_weight, self.stage1_steps,
         )  # fmt: skip
-        result = run_quality(settings, self.output, self.max_views, log=CONSOLE.print)
+        try:
+            result = run_quality(settings, self.output, self.max_views, log=CONSOLE.print, rgb_from=self.rgb_from)
+        except ValueError as err:
+            CONSOLE.print(f"[bold red]error:[/bold red] {err}")
+            sys.exit(2)
         CONSOLE.print(quality_tables(result), soft_wrap=True, highlight=False)
         CONSOLE.print(f"wrote {self.output / 'quality.json'} and {self.output / 'quality.md'}")
 
