@@ -99,9 +99,10 @@ class LatentTriplaneModelConfig(TriplaneModelConfig):
     """Stage 1: steps with E and D frozen and cached latents before the joint phase."""
     finetune_start: int = -1
     """Stage 'scenes': step at which the decoder fine-tune starts (-1: never)."""
-    finetune_plane_lr_factor: float = 0.1
-    """Stage 'scenes': the plane/MLP learning rates are multiplied by this when the fine-tune starts (1e-2 → 1e-3)."""
-    finetune_latent_weight: float = 0.0
+    finetune_plane_lr_factor: float = 1.0
+    """Stage 'scenes': the plane/MLP learning rates are multiplied by this when the fine-tune starts (the paper's
+    stage 3: 0.1, 1e-2 → 1e-3; 1: the scenes keep learning at their rate, the decoded phase is a scene fit)."""
+    finetune_latent_weight: float = 1.0
     """Stage 'scenes': weight of the latent loss ‖render − E(x)‖² kept beside the RGB loss in the fine-tune (0: RGB
     through the decoder only, as the paper's stage 3). Keeps the rendered latents near ones the decoder knows."""
     finetune_decoder: bool = True

@@ -38,7 +38,8 @@ class ComparePreset:
     latent_steps: int
     """Steps of 3dae-latent."""
     finetune_start: int
-    """Step of 3dae-latent at which the decoder fine-tune starts."""
+    """Step of 3dae-latent at which the decoded phase (the fine-tune) starts: a quarter of its steps, as the
+    method's defaults."""
     eval_every: int
     """Steps between two evaluations of all test views."""
     render_size: int = 128
@@ -63,7 +64,7 @@ PRESETS: Dict[str, ComparePreset] = {
         stage1_warmup=4,
         rgb_steps=16,
         latent_steps=16,
-        finetune_start=10,
+        finetune_start=4,
         eval_every=8,
         render_size=32,
         render_repeats=2,
@@ -83,7 +84,7 @@ PRESETS: Dict[str, ComparePreset] = {
         stage1_warmup=40,
         rgb_steps=400,
         latent_steps=1500,
-        finetune_start=1200,
+        finetune_start=375,
         eval_every=50,
     ),
     # the paper's image size and R with few scenes and short schedules: estimated ~25 min on an idle 2-core CPU
@@ -102,7 +103,7 @@ PRESETS: Dict[str, ComparePreset] = {
         stage1_warmup=30,
         rgb_steps=300,
         latent_steps=1200,
-        finetune_start=1000,
+        finetune_start=300,
         eval_every=50,
     ),
     # the paper's sizes (128², R = 64, 1000 scenes; stage 1 on 500 others): for a GPU
@@ -120,7 +121,7 @@ PRESETS: Dict[str, ComparePreset] = {
         stage1_warmup=2000,
         rgb_steps=30000,
         latent_steps=30000,
-        finetune_start=25000,
+        finetune_start=7500,
         eval_every=2500,
     ),
 }
