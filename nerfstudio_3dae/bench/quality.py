@@ -60,8 +60,11 @@ DECODE_SCENE = {"finetune_plane_lr_factor": 1.0, "finetune_latent_weight": 1.0, 
 """The decoded phase as a scene fit: RGB through the decoder beside the latent loss, planes at their full rate."""
 
 LEVERS: Dict[str, Lever] = {
-    "stage3-late": Lever("latent loss, then a paper-style fine-tune for the last 1/6 (the schedule before 2026-12-04)",
-                         1 / 6, PAPER_STAGE3),  # fmt: skip
+    "stage3-late": Lever(
+        "latent loss, then a paper-style fine-tune for the last 1/6 (the schedule before 2026-12-04)",
+        1 / 6,
+        PAPER_STAGE3,
+    ),  # fmt: skip
     "stage3-half": Lever("latent loss, then the paper-style fine-tune for half the steps", 0.5, PAPER_STAGE3),
     "decode-scene-half": Lever(
         "latent loss, then RGB through D + latent loss, planes at full rate (half)", 0.5, DECODE_SCENE
