@@ -2,8 +2,8 @@
 
 1. ``ns-3dae-synth`` generates a small dataset of procedural cars (kept for later runs);
 2. the ``3dae-scenes`` dataparser loads it: scenes, ids and views are printed;
-3. ``ns-train 3dae-latent`` trains the scenes in the latent space of the embedded autoencoder from cached latents,
-   then fine-tunes the decoder;
+3. ``ns-train 3dae-latent`` trains the scenes in the latent space of the embedded autoencoder, first from cached
+   latents, then through the decoder (the method's schedule);
 4. ``ns-eval`` reports the decoded test PSNR and writes every test view as ground truth | decoded render |
    autoencoder alone; one picture tiles them, a row per scene.
 """
@@ -38,10 +38,9 @@ class DemoConfig:
     """Views per scene (the first 4 are test views)."""
     resolution: int = 128
     """Image side (latents are resolution / 8): the embedded autoencoder's native 128²."""
-    steps: int = 1000
-    """Training steps of 3dae-latent (latent space, from cached latents); the decoder fine-tune follows."""
-    finetune_steps: int = 100
-    """Decoder fine-tune steps at the end (RGB loss through the decoder, at full resolution)."""
+    steps: int = 600
+    """Training steps of 3dae-latent: the first quarter on cached latents, the rest in the decoded phase (RGB through
+    the decoder beside the latent loss), as the method's own schedule."""
     only_data: bool = False
     """Stop after generating and loading the data."""
 
@@ -95,7 +94,6 @@ def main(config: DemoConfig) -> None:
     if config.only_data:
         return
     runs = config.output / "runs"
-    total = config.steps + config.finetune_steps
     _run(
         [
             _tool("ns-train"),
@@ -111,11 +109,11 @@ def main(config: DemoConfig) -> None:
             "--vis",
             "tensorboard",
             "--max-num-iterations",
-            total,
+            config.steps,
             "--logging.steps-per-log",
             100,
             "--pipeline.model.finetune-start",
-            config.steps,
+            config.steps // 4,
             "--pipeline.model.resolution",
             32,
             "--pipeline.model.num-bases",
