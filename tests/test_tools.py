@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
@@ -45,6 +44,8 @@ def trained(tmp_path_factory):
 
 
 def frames(video: Path) -> list:
+    # imported here: collection must not need this optional package (a GPU machine with torch alone runs -m cuda)
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
     reader = imageio_ffmpeg.read_frames(str(video))
     meta = next(reader)
     return [np.frombuffer(f, dtype=np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in reader]
