@@ -59,3 +59,18 @@ def test_without_stage1_and_with_the_rgb_run_of_another(tmp_path: Path, one_thre
     other_scenes = QualitySettings("tiny", ["stage3-late"], "embedded", None, None, None, 1, 5, stage1_steps=0)
     with pytest.raises(ValueError, match="--rgb-from"):
         run_quality(other_scenes, tmp_path / "third", rgb_from=tmp_path / "first" / "quality.json")
+
+
+def test_the_rgb_run_of_a_dataset_is_reused_for_the_same_compared_scenes(tmp_path: Path, one_thread):
+    from nerfstudio_3dae.data.synth.generate import generate_dataset
+
+    data = str(generate_dataset(tmp_path / "data", 3, 5, 16, seed=2, test_views=1, progress=False))
+    first = QualitySettings("tiny", ["stage3-late"], "embedded", data, "0", "2", 1, 0, stage1_steps=0)
+    run_quality(first, tmp_path / "first", max_views=2, log=lambda line: None)
+    saved = tmp_path / "first" / "quality.json"
+    same_scenes = QualitySettings("tiny", ["stage3-late"], "embedded", data, "1", "2", 1, 0, stage1_steps=0)
+    result = run_quality(same_scenes, tmp_path / "second", max_views=2, log=lambda line: None, rgb_from=saved)
+    assert result["compared_scenes"] == ["car_0002"] and result["rgb"] == json.loads(saved.read_text())["rgb"]
+    other_scenes = QualitySettings("tiny", ["stage3-late"], "embedded", data, "0", "1", 1, 0, stage1_steps=0)
+    with pytest.raises(ValueError, match="--rgb-from"):
+        run_quality(other_scenes, tmp_path / "third", rgb_from=saved)

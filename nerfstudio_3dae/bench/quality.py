@@ -35,6 +35,8 @@ from nerfstudio_3dae.bench.compare import configure_method, prepare_scenes, run_
 from nerfstudio_3dae.bench.measure import MeasuredRun
 from nerfstudio_3dae.bench.presets import PRESETS, ComparePreset
 from nerfstudio_3dae.bench.scaling import describe_device, resolve_device
+from nerfstudio_3dae.data.dataparser import parse_scene_selection
+from nerfstudio_3dae.data.layout import read_scene_names
 from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
 from nerfstudio_3dae.method_configs import latent_method, rgb_method
 from nerfstudio_3dae.metrics import rgb_metrics
@@ -214,8 +216,31 @@ class QualitySettings:
     space of ``autoencoder`` as it is (as ``ns-train 3dae-latent`` does with the embedded autoencoder)."""
 
 
-DATA_KEYS = ("preset", "data", "stage1_scenes", "scenes", "downscale_factor", "seed")
-"""Settings that decide the compared scenes and so the RGB Tri-Planes run (``rgb_from`` reuses it when they match)."""
+RGB_KEYS = ("preset", "downscale_factor")
+"""Settings besides the compared scenes that decide the RGB Tri-Planes run: ``rgb_from`` reuses it when they match
+and so do the compared scenes (their names in a dataset; the seed of generated scenes)."""
+
+
+def compared_names(selection) -> List[str]:
+    """The names of a selection's scenes, in its order."""
+    names = read_scene_names(selection.data)
+    return [names[i] for i in parse_scene_selection(selection.scenes, len(names))]
+
+
+def rgb_run_of(path: Path, result: Dict[str, Any]) -> Dict[str, Any]:
+    """The RGB Tri-Planes run of the quality.json at ``path`` when it trained the same scenes as ``result``."""
+    other = json.loads(path.read_text())
+    mine, theirs = result["settings"], other.get("settings", {})
+    if mine["data"] is None:  # generated: the preset and the seed make the scenes
+        same = _same(theirs, mine, RGB_KEYS) and theirs.get("data") is None and theirs.get("seed") == mine["seed"]
+    else:
+        same = _same(theirs, mine, RGB_KEYS) and other.get("compared_scenes") == result["compared_scenes"]
+    if "rgb" not in other or not same:
+        raise ValueError(
+            f"--rgb-from {path}: no RGB Tri-Planes run on the same scenes (compared scenes, {', '.join(RGB_KEYS)}, "
+            "and the seed of generated scenes must match)"
+        )
+    return other["rgb"]
 
 
 def run_quality(
@@ -248,14 +273,6 @@ def run_quality(
             result = previous
             done = [part for part in ("stage1", "rgb") if part in result] + list(result.get("levers", {}))
             log(f"resuming {path}: reusing {', '.join(done) or 'nothing yet'}")
-    if rgb_from is not None and "rgb" not in result:
-        other = json.loads(Path(rgb_from).read_text())
-        if "rgb" not in other or not _same(other.get("settings", {}), asked, DATA_KEYS):
-            raise ValueError(
-                f"--rgb-from {rgb_from}: no RGB Tri-Planes run on the same scenes ({', '.join(DATA_KEYS)})"
-            )
-        result["rgb"] = other["rgb"]
-        log(f"RGB Tri-Planes from {rgb_from}")
     result.update(settings=asked, device=describe_device(resolve_device("auto")), margin_db=target_margin_db)
     result.setdefault("levers", {})
 
@@ -273,6 +290,10 @@ def run_quality(
     data = settings.data and Path(settings.data)
     chosen = prepare_scenes(preset, output, settings.seed, data, settings.stage1_scenes, settings.scenes,
                             settings.downscale_factor)  # fmt: skip
+    result["compared_scenes"] = compared_names(chosen.compared)
+    if rgb_from is not None and "rgb" not in result:
+        result["rgb"] = rgb_run_of(Path(rgb_from), result)
+        log(f"RGB Tri-Planes from {rgb_from}")
     runs = output / "runs"
     stage1_dir: Optional[Path] = None
     if preset.stage1_steps > 0:
