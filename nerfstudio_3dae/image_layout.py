@@ -43,3 +43,15 @@ def first_to_hwc(
         align = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
         first = F.interpolate(first, size=(height, width), mode=mode, **align)
     return first[0].permute(1, 2, 0)
+
+
+def shift_images(images: Float[Tensor, "K c H W"], shift: Float[Tensor, "K 2"]) -> Float[Tensor, "K c H W"]:
+    """Each image resampled at ``p + shift`` (pixels, ``(x, y)``, sub-pixel by bilinear interpolation; the border
+    pixels repeat outside): what a camera whose principal point moved by ``-shift`` would see."""
+    k, _, h, w = images.shape
+    theta = torch.zeros(k, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 2.0 * shift[:, 0].to(images.dtype) / w  # normalised coordinates span 2 over the image
+    theta[:, 1, 2] = 2.0 * shift[:, 1].to(images.dtype) / h
+    grid = F.affine_grid(theta, [k, 1, h, w], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -14,6 +14,7 @@ Phases (switched by the training step, see :func:`phase_at`):
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
@@ -29,7 +31,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, is_encoder_tensor
 from nerfstudio_3dae.autoencoder_source import bases_beside_autoencoder, load_bases, resolve_autoencoder
-from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
+from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw, shift_images
 from nerfstudio_3dae.metrics import image_metrics, rgb_metrics
 from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig
 
@@ -105,6 +107,10 @@ class LatentTriplaneModelConfig(TriplaneModelConfig):
     finetune_latent_weight: float = 1.0
     """Stage 'scenes': weight of the latent loss ‖render − E(x)‖² kept beside the RGB loss in the fine-tune (0: RGB
     through the decoder only, as the paper's stage 3). Keeps the rendered latents near ones the decoder knows."""
+    pixel_jitter: bool = False
+    """Training rays pass through a random point of their latent pixel (one offset per view) instead of its centre,
+    and the RGB loss compares with the image shifted alike. A 16² render samples a view at 256 points only; the
+    jitter constrains the field between them (the latent of a pixel summarises its whole 8x8 footprint)."""
     finetune_decoder: bool = True
     """Stage 'scenes': the decoder learns in the fine-tune (shared by every scene of the run). False: the decoder
     stays frozen and only the scenes learn from the RGB loss (the paper's decode-scene loss with D fixed)."""
@@ -244,6 +250,8 @@ class LatentTriplaneModel(TriplaneModel):
         phase = self.active_phase
         out: Dict[str, Tensor] = {}
         if phase != "ae_pretrain":
+            if self.training and self.config.pixel_jitter:
+                cameras, out["pixel_shift"] = jittered(cameras.flatten(), self.downscale)
             rendered = self.render(cameras)
             out.update(
                 latent=rendered["features"],
@@ -262,6 +270,11 @@ class LatentTriplaneModel(TriplaneModel):
             raise RuntimeError(f"phase {phase!r} needs cached latents; the pipeline attaches them to the datamanager")
         return self.autoencoder.encode(hwc_to_nchw(batch["image"]).to(self.device))
 
+    def target_images(self, outputs, batch) -> Tensor:
+        """The batch's images ``[K, 3, H, W]`` as the rendered (possibly jittered) rays saw them."""
+        image = hwc_to_nchw(batch["image"]).to(self.device)
+        return shift_images(image, outputs["pixel_shift"]) if "pixel_shift" in outputs else image
+
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         c, phase = self.config, self.active_phase
         image = hwc_to_nchw(batch["image"]).to(self.device)
@@ -274,7 +287,7 @@ class LatentTriplaneModel(TriplaneModel):
         if latent_weight > 0:
             losses["latent_loss"] = latent_weight * F.mse_loss(outputs["latent"], self.target_latents(batch, phase))
         if "rgb" in outputs:
-            losses["rgb_loss"] = c.rgb_weight * F.mse_loss(outputs["rgb"], image)
+            losses["rgb_loss"] = c.rgb_weight * F.mse_loss(outputs["rgb"], self.target_images(outputs, batch))
         losses.update(self.regularisers(outputs))
         return losses
 
@@ -286,7 +299,7 @@ class LatentTriplaneModel(TriplaneModel):
             )
         if "rgb" in outputs:
             metrics["psnr"] = peak_signal_noise_ratio(
-                outputs["rgb"].detach().clamp(0, 1), hwc_to_nchw(batch["image"]).to(self.device), data_range=1.0
+                outputs["rgb"].detach().clamp(0, 1), self.target_images(outputs, batch), data_range=1.0
             )
         return metrics
 
@@ -318,6 +331,17 @@ class LatentTriplaneModel(TriplaneModel):
         # ground truth | decoded render | the autoencoder alone, D(E(x)): where the decoded render loses its dB
         images = {"img": torch.cat([gt, outputs["rgb"], autoencoded], dim=1), "depth": outputs["depth"]}
         return metrics, images
+
+
+def jittered(cameras: Cameras, downscale: int) -> Tuple[Cameras, Tensor]:
+    """``cameras`` (flat, ``[K]``) whose latent pixel grid moved by a random fraction of a latent pixel, one offset per
+    camera, and the shift ``[K, 2]`` in image pixels at which their images must be resampled to match
+    (:func:`nerfstudio_3dae.image_layout.shift_images`)."""
+    shift = (torch.rand(cameras.shape[0], 2, device=cameras.device) - 0.5) * downscale  # image pixels, (x, y)
+    moved = copy.copy(cameras)
+    moved.cx = cameras.cx - shift[:, :1]  # a ray through pixel p of the moved camera is the ray through p + shift
+    moved.cy = cameras.cy - shift[:, 1:]
+    return moved, shift
 
 
 def _refresh_lr_phase(model: LatentTriplaneModel, incompatible_keys) -> None:

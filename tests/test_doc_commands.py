@@ -45,14 +45,15 @@ SKIP = {
 
 SCENES = {":": ":", "0:80": "0:2", "80:100": "2:4", "0:500": "0:2", "500:1000": "2:4", "500:506": "2:4",
           "3,7,9": "0,1,3", "0:4": "0:4", "4:10": "2:4", "0:10": "0:4",
-          "car_0002,car_0009": "car_0002,car_0003"}  # fmt: skip
+          "car_0002,car_0009": "car_0002,car_0003", "32,36,40,44": "2:4"}  # fmt: skip
 """``--scenes`` of the docs -> the same kind of selection of the workspace's 4 scenes."""
-STAGE1_SCENES = {"0:4": "0:2"}
+STAGE1_SCENES = {"0:4": "0:2", "0,4,8,12,16,20,24,28": "0:2"}
 """``--stage1-scenes`` of the docs (disjoint from the mapped ``--scenes``)."""
 SCENE_NAMES = {"car_0007": "car_0001", "car_0042": "car_0002", "3": "3"}
 """``NS3DAE_SCENE`` of the docs -> a scene of the workspace's runs."""
 PATHS = {"/data/cars": "data/cars", "/shared/runs": "outputs", "/models/my-vae": str(EMBEDDED),
-         ".../config.yml": "outputs/cars/3dae-latent/run/config.yml"}  # fmt: skip
+         ".../config.yml": "outputs/cars/3dae-latent/run/config.yml", "outputs/data/chairs": "data/cars",
+         "outputs/ae-gpu-recipe/autoencoder": str(EMBEDDED)}  # fmt: skip
 """Absolute or elided paths of the docs -> the workspace's."""
 WORDS = {"<method>": "3dae-rgb", "D": "1", "M": "1", "K": "0"}
 """Placeholder words (the multi-machine line: D devices, M machines, rank K)."""

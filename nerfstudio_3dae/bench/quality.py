@@ -90,6 +90,11 @@ LEVERS: Dict[str, Lever] = {
         0.75,
         {**DECODE_SCENE, "micro_channels": 20},
     ),  # fmt: skip
+    "decode-scene-jitter": Lever(
+        "as decode-scene-early, rays through random points of their latent pixels",
+        0.75,
+        {**DECODE_SCENE, "pixel_jitter": True},
+    ),  # fmt: skip
     "defaults": Lever("the method's defaults (its own fine-tune share)", -1.0),
 }
 """The levers ``--levers`` chooses from. ``decoded_share`` -1: the share the method's defaults give (finetune_start

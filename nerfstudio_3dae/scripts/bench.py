@@ -350,7 +350,7 @@ class Quality:
     levers: Tuple[str, ...] = ("stage3-late", "decode-scene-early")
     """Levers to train (nerfstudio_3dae.bench.quality.LEVERS): stage3-late, stage3-half, decode-scene-half,
     decode-scene-early, decode-scene-frozen, decode-scene-rgb-only, decode-scene-start, decode-scene-dlr1e-3,
-    capacity-r32, capacity-micro20, defaults."""
+    capacity-r32, capacity-micro20, decode-scene-jitter, defaults."""
     data: Optional[Path] = None
     """A 3dae-scenes dataset (needs --stage1-scenes and --scenes); without it the preset's scenes are generated."""
     stage1_scenes: Optional[str] = None
