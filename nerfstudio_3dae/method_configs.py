@@ -85,8 +85,9 @@ def autoencoder_method() -> ThreeDAETrainerConfig:
 def latent_method() -> ThreeDAETrainerConfig:
     steps = 3000
     # a quarter of the steps on cached latents alone, then the decoded phase (RGB through the decoder beside the
-    # latent loss, planes at their rate, the decoder learning): docs/quality.md measures the schedules
-    model = LatentTriplaneModelConfig(stage="scenes", finetune_start=750)
+    # latent loss, planes at their rate, the decoder learning); training rays jittered inside their latent pixels
+    # (without, the scenes over-fit their training views): docs/quality.md measures each choice
+    model = LatentTriplaneModelConfig(stage="scenes", finetune_start=750, pixel_jitter=True)
     return _trainer("3dae-latent", steps, model, 8, {**_scene_groups(1e-2, 1e-2, 0.1, steps), "decoder": _adam(1e-4)})
 
 

@@ -56,9 +56,11 @@ class Lever:
     """Learning rate of the decoder (None: the method's)."""
 
 
-PAPER_STAGE3 = {"finetune_plane_lr_factor": 0.1, "finetune_latent_weight": 0.0, "finetune_decoder": True}
+PAPER_STAGE3 = {"finetune_plane_lr_factor": 0.1, "finetune_latent_weight": 0.0, "finetune_decoder": True,
+                "pixel_jitter": False}  # fmt: skip
 """The decoded phase as the paper's stage 3: RGB loss only, planes at a tenth of their rate, the decoder learns."""
-DECODE_SCENE = {"finetune_plane_lr_factor": 1.0, "finetune_latent_weight": 1.0, "finetune_decoder": True}
+DECODE_SCENE = {"finetune_plane_lr_factor": 1.0, "finetune_latent_weight": 1.0, "finetune_decoder": True,
+                "pixel_jitter": False}  # fmt: skip
 """The decoded phase as a scene fit: RGB through the decoder beside the latent loss, planes at their full rate."""
 
 LEVERS: Dict[str, Lever] = {
@@ -94,6 +96,11 @@ LEVERS: Dict[str, Lever] = {
         "as decode-scene-early, rays through random points of their latent pixels",
         0.75,
         {**DECODE_SCENE, "pixel_jitter": True},
+    ),  # fmt: skip
+    "jitter-r32": Lever(
+        "decode-scene-jitter with R = 32 planes (own random bases)",
+        0.75,
+        {**DECODE_SCENE, "pixel_jitter": True, "resolution": 32, "bases_from_autoencoder": False},
     ),  # fmt: skip
     "defaults": Lever("the method's defaults (its own fine-tune share)", -1.0),
 }
