@@ -59,10 +59,8 @@ from nerfstudio_3dae.data.synth.cameras import (
 from nerfstudio_3dae.data.synth.raycast import (
     BACKGROUND,
     Render,
-    _edges,
+    cast_views,
     make_intersector,
-    pixel_rays,
-    rays_through,
     shade,
 )
 from nerfstudio_3dae.data.synth.shapes import DEFAULT_EXTENT, DEFAULT_MAX_RADIUS
@@ -333,30 +331,7 @@ def render_mesh(
     textured: TexturedMesh, camera_to_world: np.ndarray, intrinsics: Intrinsics, antialias: bool = True
 ) -> Render:
     """Ray cast every pixel of every view [V, 4, 4] (OpenGL axes) of a textured mesh; see the module docstring."""
-    caster = _MeshCaster(textured)
-    origins, dirs = pixel_rays(camera_to_world, intrinsics)  # [V, H, W, 3] each
-    shape = dirs.shape[:-1]
-    rgb, face, points, distance = caster.cast(origins.reshape(-1, 3), dirs.reshape(-1, 3))
-    image, face = rgb.reshape(*shape, 3), face.reshape(shape)
-    coverage = (face >= 0).astype(np.float64)
-    if antialias:
-        v, y, x = np.nonzero(_edges(image, face))
-        if len(v):
-            offsets = np.array([[-0.25, -0.25], [0.25, -0.25], [-0.25, 0.25], [0.25, 0.25]])
-            xs = np.repeat(x + 0.5, 4) + np.tile(offsets[:, 0], len(v))
-            ys = np.repeat(y + 0.5, 4) + np.tile(offsets[:, 1], len(v))
-            o, d = rays_through(camera_to_world, intrinsics, np.repeat(v, 4), xs, ys)
-            sub_rgb, sub_face, _, _ = caster.cast(o, d)
-            image[v, y, x] = (image[v, y, x] + sub_rgb.reshape(-1, 4, 3).sum(1)) / 5.0
-            coverage[v, y, x] = (coverage[v, y, x] + (sub_face.reshape(-1, 4) >= 0).sum(1)) / 5.0
-    return Render(
-        images=np.round(image * 255.0).astype(np.uint8),
-        hit=face >= 0,
-        points=points.reshape(*shape, 3),
-        distance=distance.reshape(shape),
-        face=face,
-        coverage=coverage,
-    )
+    return cast_views(_MeshCaster(textured), camera_to_world, intrinsics, antialias)
 
 
 # ----------------------------------------------------------------------------------------------------- datasets

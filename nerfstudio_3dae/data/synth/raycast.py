@@ -207,7 +207,12 @@ def render_views(
         obj: the generated object the mesh belongs to: its materials colour the hits.
         antialias: supersample edge pixels (colour or face changes) with four more rays.
     """
-    caster = _Caster(mesh, obj)
+    return cast_views(_Caster(mesh, obj), camera_to_world, intrinsics, antialias)
+
+
+def cast_views(caster, camera_to_world: np.ndarray, intrinsics: Intrinsics, antialias: bool = True) -> Render:
+    """Every pixel of every view [V, 4, 4] (OpenGL axes) through ``caster`` (``cast(origins, dirs) -> (rgb, face,
+    points, distance)``), edge pixels supersampled with four more rays when ``antialias``."""
     origins, dirs = pixel_rays(camera_to_world, intrinsics)  # [V, H, W, 3] each
     shape = dirs.shape[:-1]
     rgb, face, points, distance = caster.cast(origins.reshape(-1, 3), dirs.reshape(-1, 3))
@@ -217,10 +222,9 @@ def render_views(
         v, y, x = np.nonzero(_edges(image, face))
         if len(v):
             offsets = np.array([[-0.25, -0.25], [0.25, -0.25], [-0.25, 0.25], [0.25, 0.25]])
-            vv = np.repeat(v, 4)
             xs = np.repeat(x + 0.5, 4) + np.tile(offsets[:, 0], len(v))
             ys = np.repeat(y + 0.5, 4) + np.tile(offsets[:, 1], len(v))
-            o, d = rays_through(camera_to_world, intrinsics, vv, xs, ys)
+            o, d = rays_through(camera_to_world, intrinsics, np.repeat(v, 4), xs, ys)
             sub_rgb, sub_face, _, _ = caster.cast(o, d)
             image[v, y, x] = (image[v, y, x] + sub_rgb.reshape(-1, 4, 3).sum(1)) / 5.0
             coverage[v, y, x] = (coverage[v, y, x] + (sub_face.reshape(-1, 4) >= 0).sum(1)) / 5.0
