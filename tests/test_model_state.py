@@ -42,7 +42,7 @@ def test_the_phase_is_model_state_not_an_entry_of_the_outputs(tiny_dataset, tmp_
     model.step = 5  # what the training callback sets before step 5
     assert model.active_phase == "finetune"
     outputs = model.get_outputs(cameras)
-    assert set(model.get_loss_dict(outputs, batch)) == {"rgb_loss", "tv_loss"}
+    assert set(model.get_loss_dict(outputs, batch)) == {"latent_loss", "rgb_loss", "tv_loss"}  # the decoded phase
     model.eval()
     assert model.active_phase == "joint"
 
