@@ -20,6 +20,10 @@ after stage 1, the latent fit on training and test views, decoded before and aft
 Tri-Planes on the same scenes, for each lever (schedule or option set) named by ``--levers`` (quality.json,
 quality.md; docs/quality.md).
 
+``ns-3dae-bench step-profile --device cpu`` profiles steady-state training steps of both methods: wall time per phase
+(data, forward, occupancy, loss, backward, optimiser, callbacks), dispatched operators, host syncs by kind, the top
+operators (step-profile.json, step-profile.md; docs/gpu.md).
+
 A new benchmark is one class with a ``main()`` method and one entry of :data:`COMMANDS`.
 """
 
@@ -399,6 +403,41 @@ class Quality:
         CONSOLE.print(f"wrote {self.output / 'quality.json'} and {self.output / 'quality.md'}")
 
 
+@dataclass
+class StepProfile:
+    """Where a steady-state training step of 3dae-rgb and 3dae-latent goes (method defaults): wall time per phase,
+    dispatched operators, host syncs by kind, the top operators (step-profile.json, step-profile.md)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the steps run (auto: CUDA when torch sees one)."""
+    image_size: int = 64
+    """Side of the generated views."""
+    output: Path = Path("outputs/bench-step-profile")
+    """Folder for step-profile.json, step-profile.md and the generated data."""
+    methods: Tuple[Literal["3dae-rgb", "3dae-latent"], ...] = ("3dae-rgb", "3dae-latent")
+    """The methods to profile."""
+    warmup: int = 5
+    """Steps before the measured ones (the first steps create optimiser state and caches)."""
+    steps: int = 5
+    """Measured steps."""
+
+    def main(self) -> None:
+        from nerfstudio_3dae.bench.step_profile import run_step_profile, step_profile_table
+
+        if self.warmup < 0 or self.steps < 1 or self.image_size < 8 or self.image_size % 8:
+            CONSOLE.print("[bold red]error:[/bold red] --warmup >= 0, --steps >= 1, --image-size a multiple of 8")
+            sys.exit(2)
+        result = run_step_profile(
+            self.output, self.image_size, self.device, self.methods, self.warmup, self.steps, log=CONSOLE.print
+        )
+        table = step_profile_table(result)
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "step-profile.json").write_text(json.dumps(result, indent=2) + "\n")
+        (self.output / "step-profile.md").write_text(table)
+        CONSOLE.print(table, soft_wrap=True, highlight=False)
+        CONSOLE.print(f"wrote {self.output / 'step-profile.json'} and {self.output / 'step-profile.md'}")
+
+
 COMMANDS: Dict[str, Type] = {
     "scaling": Scaling,
     "compare": Compare,
@@ -406,6 +445,7 @@ COMMANDS: Dict[str, Type] = {
     "step-memory": StepMemory,
     "skipping": Skipping,
     "quality": Quality,
+    "step-profile": StepProfile,
 }
 """Subcommand name -> dataclass with a ``main()`` method."""
 
