@@ -270,9 +270,9 @@ class LatentTriplaneModel(TriplaneModel):
             raise RuntimeError(f"phase {phase!r} needs cached latents; the pipeline attaches them to the datamanager")
         return self.autoencoder.encode(hwc_to_nchw(batch["image"]).to(self.device))
 
-    def target_images(self, outputs, batch) -> Tensor:
-        """The batch's images ``[K, 3, H, W]`` as the rendered (possibly jittered) rays saw them."""
-        image = hwc_to_nchw(batch["image"]).to(self.device)
+    @staticmethod
+    def seen_by_rays(outputs, image: Tensor) -> Tensor:
+        """``image`` ``[K, 3, H, W]`` as the rendered rays saw it (resampled alike when they were jittered)."""
         return shift_images(image, outputs["pixel_shift"]) if "pixel_shift" in outputs else image
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
@@ -287,7 +287,7 @@ class LatentTriplaneModel(TriplaneModel):
         if latent_weight > 0:
             losses["latent_loss"] = latent_weight * F.mse_loss(outputs["latent"], self.target_latents(batch, phase))
         if "rgb" in outputs:
-            losses["rgb_loss"] = c.rgb_weight * F.mse_loss(outputs["rgb"], self.target_images(outputs, batch))
+            losses["rgb_loss"] = c.rgb_weight * F.mse_loss(outputs["rgb"], self.seen_by_rays(outputs, image))
         losses.update(self.regularisers(outputs))
         return losses
 
@@ -298,9 +298,8 @@ class LatentTriplaneModel(TriplaneModel):
                 outputs["latent"].detach(), batch["latent"].to(self.device), data_range=self.latent_data_range
             )
         if "rgb" in outputs:
-            metrics["psnr"] = peak_signal_noise_ratio(
-                outputs["rgb"].detach().clamp(0, 1), self.target_images(outputs, batch), data_range=1.0
-            )
+            image = self.seen_by_rays(outputs, hwc_to_nchw(batch["image"]).to(self.device))
+            metrics["psnr"] = peak_signal_noise_ratio(outputs["rgb"].detach().clamp(0, 1), image, data_range=1.0)
         return metrics
 
     # -------------------------------------------------------------------------------- eval / viewer

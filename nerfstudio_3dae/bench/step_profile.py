@@ -148,8 +148,9 @@ def profile_method(method: MethodName, data: Path, output: Path, device: str, wa
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     cuda = str(trainer.device).startswith("cuda")
+    warming = PhaseClock(cuda)  # not reported
     for step in range(warmup):
-        one_step(trainer, step, PhaseClock(cuda))
+        one_step(trainer, step, warming)
     clock = PhaseClock(cuda)
     activities = [torch.profiler.ProfilerActivity.CPU]
     cuda_syncs: Counter = Counter()
