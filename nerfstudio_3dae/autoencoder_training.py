@@ -6,7 +6,8 @@ target resolution, keep every view in one uint8 array, and train a diffusers ``A
 ``‖D(E(x)) − x‖²`` on the posterior mean. Held-out scenes of other seeds measure ``D(E(x))`` on whole images.
 It trains on ``--device`` (CUDA where there is one, by default, with 32 crops a step instead of the CPU's 8).
 The run resumes from its last checkpoint after a stop (``state.pt`` written atomically every ``save_every`` steps,
-CPU tensors: a run started on a GPU resumes on the CPU and vice versa),
+CPU tensors: a run started on a GPU resumes on the CPU and vice versa; a full disk or a damaged ``state.pt`` is an
+error that says so: :mod:`nerfstudio_3dae.checkpoints`),
 logs one JSON line per log step and evaluation, and exports a ``save_pretrained`` folder whose latent normaliser is
 set from the latents' spread. The 3D-aware joint phase that follows is ``ns-train 3dae-autoencoder`` on the export.
 """
@@ -27,6 +28,7 @@ from jaxtyping import Float, UInt8
 from torch import Tensor
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, build_autoencoder, kl_autoencoder_config
+from nerfstudio_3dae.checkpoints import atomic_save, load_checkpoint_file
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
@@ -239,15 +241,6 @@ def _lr_at(step: int, c: AutoencoderTrainingConfig) -> float:
     return c.lr * (c.final_lr_factor + (1 - c.final_lr_factor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".partial")
-    try:
-        torch.save(obj, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # ----------------------------------------------------------------------------------------------- device
 CUDA_BATCH_SIZE = 32
 """``--batch-size auto`` on CUDA: the GPU run's 32 crops of 64² (26.5 ms a step on an H200, docs/autoencoder.md)."""
@@ -307,8 +300,10 @@ def load_state(path: Path) -> Dict[str, object]:
     """A ``state.pt``, whatever device wrote it, with its tensors on the CPU (``map_location="cpu"``): a state made
     on a GPU loads where there is none. ``load_state_dict`` then puts the weights and Adam's moments on the resumed
     run's device, and leaves Adam's step counters on the CPU, where a non-fused Adam wants them (mapped to CUDA,
-    every step would read them back to the host)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    every step would read them back to the host). A damaged file (cut short by a crash or a full disk) is a
+    :class:`~nerfstudio_3dae.checkpoints.DamagedCheckpointError` naming it."""
+    advice = f"Delete it to start the run in {path.parent} over (its corpus is kept), or restore it from a copy."
+    return load_checkpoint_file(path, map_location="cpu", weights_only=False, advice=advice)
 
 
 # ----------------------------------------------------------------------------------------------- loop
@@ -346,9 +341,9 @@ class _Run:
         return True
 
     def save(self) -> None:
-        """``state.pt``, atomically, every tensor on the CPU."""
+        """``state.pt``, atomically (after checking the disk has room), every tensor on the CPU."""
         state = {"model": self.ae.model.state_dict(), "optimizer": self.opt.state_dict()}
-        _atomic_save(
+        atomic_save(
             {**_to_cpu(state), "step": self.step, "elapsed_s": self.elapsed, "rng": self.rng.bit_generator.state},
             self.state_path,
         )

@@ -25,7 +25,7 @@ from nerfstudio_3dae.latent_model import LatentTriplaneModelConfig
 from nerfstudio_3dae.model import TriplaneModelConfig
 from nerfstudio_3dae.pipeline import ThreeDAEPipelineConfig
 from nerfstudio_3dae.sparse_adam import RowSparseAdamOptimizerConfig
-from nerfstudio_3dae.trainer import ThreeDAETrainerConfig
+from nerfstudio_3dae.trainer import EVAL_ALL_IMAGES_AT_END, ThreeDAETrainerConfig
 
 
 def _adam(lr: float, final: Optional[float] = None, steps: int = 30000) -> Dict:
@@ -59,7 +59,7 @@ def _trainer(method: str, steps: int, model, image_multiple: int, optimizers: Di
         method_name=method,
         steps_per_eval_batch=0,
         steps_per_eval_image=500,
-        steps_per_eval_all_images=steps,
+        steps_per_eval_all_images=EVAL_ALL_IMAGES_AT_END,  # every test view at the last step, whatever the length
         steps_per_save=1000,
         max_num_iterations=steps,
         mixed_precision=False,

@@ -2,13 +2,18 @@
 
 * Checkpoints are written to a temporary file beside the checkpoint folder and moved into place with an atomic
   rename: a kill during a save leaves the previous checkpoint intact (and no half-written ``step-*.ckpt`` that
-  ``--load-dir`` would pick as the latest).
+  ``--load-dir`` would pick as the latest). A save checks the disk has room first and fails with the space needed
+  and free (:func:`~nerfstudio_3dae.checkpoints.atomic_save`).
+* A damaged checkpoint (cut short by a crash or a full disk, or copied in part) is an error naming the file
+  (:func:`~nerfstudio_3dae.checkpoints.load_checkpoint_file`); ``--load-dir`` skips it, says so, and resumes from
+  the newest intact one.
 * ``--load-dir`` resumes the run's schedule: ``max_num_iterations`` counts from step 0, so a run killed at step k
   and resumed trains the remaining steps and ends where an uninterrupted run ends (phases, such as the decoder
   fine-tune, are defined in absolute steps too).
-* ``steps_per_eval_all_images`` equal to (or dividing) the run's length evaluates every test view at the last step:
-  nerfstudio's own check skips it (a run trains steps 0 … N−1 and the check skips step 0), see
-  :func:`evaluates_all_images_at_end`.
+* Every run ends with an evaluation of every test view, whatever ``--max-num-iterations`` is: the methods'
+  ``steps_per_eval_all_images`` is :data:`EVAL_ALL_IMAGES_AT_END` (once, at the last step); a cadence a user sets
+  evaluates at its multiples and at the last step as well (nerfstudio's own check never fires there: a run trains
+  steps 0 … N−1), see :func:`evaluates_all_images_at_end`. A cadence longer than the run evaluates nothing.
 * On the CPU the torch thread count is measured, not guessed (``cpu_threads``, :class:`ThreadProbe`).
 * Checkpoints hold CPU tensors only (a run trained on a GPU loads anywhere, with or without ``map_location``).
 * Multi-process runs (scenes sharded over ranks, :mod:`nerfstudio_3dae.distributed`): every rank takes part in a
@@ -21,12 +26,11 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
@@ -40,6 +44,7 @@ from torch.amp.grad_scaler import GradScaler
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn import Parameter
 
+from nerfstudio_3dae.checkpoints import DamagedCheckpointError, atomic_save, checkpoint_steps, load_checkpoint_file
 from nerfstudio_3dae.distributed import (
     PAUSE_KEEPALIVE_S,
     PAUSED,
@@ -56,6 +61,9 @@ from nerfstudio_3dae.distributed import (
 from nerfstudio_3dae.model import SCENE_PARAM_GROUPS
 from nerfstudio_3dae.sparse_adam import RowSparseAdam
 
+EVAL_ALL_IMAGES_AT_END = -1
+"""``steps_per_eval_all_images`` of the methods: evaluate every test view once, at the run's last step."""
+
 
 @dataclass
 class ThreeDAETrainerConfig(TrainerConfig):
@@ -63,6 +71,10 @@ class ThreeDAETrainerConfig(TrainerConfig):
 
     _target: Type = field(default_factory=lambda: ThreeDAETrainer)
     """The trainer class."""
+    steps_per_eval_all_images: int = EVAL_ALL_IMAGES_AT_END
+    """Steps between evaluations of every test view (needs a metrics writer: --vis tensorboard, wandb, ...). -1: once,
+    at the run's last step, whatever --max-num-iterations is. N > 0: at multiples of N and at the last step too (N
+    longer than the run: none). 0: never."""
     cpu_threads: int = 0
     """Torch threads when training on the CPU. 0: measured: the first steps run alternately on one thread and on
     torch's default count, and the faster is kept (said in the log; a ``OMP_NUM_THREADS`` of 1 is respected).
@@ -72,14 +84,18 @@ class ThreeDAETrainerConfig(TrainerConfig):
 
 
 def evaluates_all_images_at_end(step: int, total_steps: int, interval: int) -> bool:
-    """Whether ``step`` is the last of a ``total_steps`` run whose ``steps_per_eval_all_images`` (``interval``)
-    divides its length while nerfstudio's own check (multiples of ``interval``, never step 0) does not fire there.
+    """Whether ``step`` is the last of a ``total_steps`` run whose ``steps_per_eval_all_images`` (``interval``) is
+    :data:`EVAL_ALL_IMAGES_AT_END` (any negative) or a cadence no longer than the run, while nerfstudio's own check
+    (multiples of ``interval``, never step 0) does not fire there.
 
-    nerfstudio trains steps ``0 … total_steps − 1``: an interval equal to the run's length, the methods' way of
-    saying "once, at the end", would otherwise never evaluate."""
-    if interval <= 0 or step != total_steps - 1 or total_steps % interval:
+    nerfstudio trains steps ``0 … total_steps − 1`` and its check skips step 0: an interval equal to the run's
+    length never fires, and one that does not divide it misses the end. An interval longer than the run (how the
+    tests say "no evaluation") and 0 evaluate nothing."""
+    if interval == 0 or step != total_steps - 1:
         return False
-    return not step_check(step, interval)
+    if interval < 0:
+        return True
+    return interval <= total_steps and not step_check(step, interval)
 
 
 class ThreadProbe:
@@ -118,18 +134,10 @@ class ThreadProbe:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file beside its folder and an atomic rename. A save that fails
-    (unpicklable state, full disk) leaves neither ``path`` nor the temporary file behind, and raises."""
-    tmp = path.parent.parent / f".{path.name}.partial"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """:func:`~nerfstudio_3dae.checkpoints.atomic_save` of a checkpoint, its temporary file beside the checkpoint
+    folder (not in it, where ``--load-dir`` looks). A save that fails (unpicklable state, full disk) leaves neither
+    ``path`` nor the temporary file behind, and raises."""
+    atomic_save(obj, path, tmp_dir=path.parent.parent)
 
 
 def sharded_grad_scaler(scaler: GradScaler, device: str) -> GradScaler:
@@ -283,6 +291,76 @@ class ThreeDAETrainer(Trainer):
         self.total_steps = self.config.max_num_iterations
         # nerfstudio trains max_num_iterations steps *after* the loaded one; count them from step 0 instead
         self.config.max_num_iterations = max(self.total_steps - self._start_step, 0)
+        if self.config.steps_per_eval_all_images < 0:  # at the end only: nerfstudio's check never fires in the run
+            self.config.steps_per_eval_all_images = max(self.total_steps, 1)
+
+    def _load_checkpoint(self) -> None:
+        """nerfstudio's loading (``--load-dir``, ``--load-step``, ``--load-checkpoint``) through
+        :func:`~nerfstudio_3dae.checkpoints.load_checkpoint_file`. ``--load-dir`` without ``--load-step`` resumes from
+        the newest intact checkpoint: a damaged newer one is skipped with a log line naming it. A damaged file asked
+        for by name (``--load-checkpoint``, ``--load-step``) is an error naming it."""
+        load_dir, load_checkpoint = self.config.load_dir, self.config.load_checkpoint
+        if load_dir is not None and self.config.load_step is None:
+            CONSOLE.print("Loading latest Nerfstudio checkpoint from load_dir...")
+            load_path, loaded_state = self._newest_intact_checkpoint(Path(load_dir))
+        elif load_dir is not None or load_checkpoint is not None:
+            load_path = Path(load_dir) / f"step-{self.config.load_step:09d}.ckpt" if load_dir else Path(load_checkpoint)
+            if not load_path.is_file():
+                raise FileNotFoundError(f"Checkpoint {load_path} does not exist")
+            loaded_state = load_checkpoint_file(load_path, advice=self._advice_for_named(load_path))
+        else:
+            CONSOLE.print("No Nerfstudio checkpoint to load, so training from scratch.")
+            return
+        self._start_step = loaded_state["step"] + 1
+        # load the checkpoints for pipeline, optimizers, and gradient scalar
+        self.pipeline.load_pipeline(loaded_state["pipeline"], loaded_state["step"])
+        self.optimizers.load_optimizers(loaded_state["optimizers"])
+        if "schedulers" in loaded_state and self.config.load_scheduler:
+            self.optimizers.load_schedulers(loaded_state["schedulers"])
+        self.grad_scaler.load_state_dict(loaded_state["scalers"])
+        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {load_path}")
+
+    def _advice_for_named(self, path: Path) -> str:
+        """What to do when the checkpoint ``--load-checkpoint`` or ``--load-step`` names is damaged."""
+        others = [p.name for _, p in checkpoint_steps(path.parent) if p != path]
+        if not others:
+            return "There is no other checkpoint beside it: train again (or restore it from a copy)."
+        how = "drop --load-step" if self.config.load_dir is not None else f"use --load-dir {path.parent} instead"
+        return f"To resume from the newest intact checkpoint of that folder (newest other: {others[0]}), {how}."
+
+    @staticmethod
+    def _newest_intact_checkpoint(load_dir: Path) -> Tuple[Path, Dict[str, Any]]:
+        """The newest ``step-*.ckpt`` of ``load_dir`` that loads, and its state; each damaged newer one is skipped
+        with a log line. None intact: a :class:`DamagedCheckpointError` listing them."""
+        found = checkpoint_steps(load_dir)
+        if not found:
+            raise FileNotFoundError(f"--load-dir {load_dir}: no checkpoint (step-*.ckpt) there")
+        damaged: List[DamagedCheckpointError] = []
+        for _, path in found:
+            try:
+                state = load_checkpoint_file(path, advice="")
+            except DamagedCheckpointError as err:
+                CONSOLE.log(
+                    f"skipping damaged checkpoint {path}: {err.damage}; trying the one before",
+                    style="yellow",
+                    markup=False,
+                )
+                damaged.append(err)
+                continue
+            if damaged:
+                skipped = ", ".join(err.path.name for err in damaged)
+                CONSOLE.log(
+                    f"resuming from {path}, the newest intact checkpoint (skipped {skipped})",
+                    style="yellow",
+                    markup=False,
+                )
+            return path, state
+        raise DamagedCheckpointError(
+            f"--load-dir {load_dir}: every checkpoint there is damaged ("
+            + "; ".join(f"{err.path.name}: {err.damage}" for err in damaged)
+            + "). Train again without --load-dir (or restore a checkpoint from a copy).",
+            damaged[0].path,
+        )
 
     def train(self) -> None:
         if self.config.max_num_iterations == 0:
@@ -326,6 +404,8 @@ class ThreeDAETrainer(Trainer):
 
     @check_eval_enabled
     def eval_iteration(self, step: int) -> None:
+        """nerfstudio's evaluations, and every test view at the run's last step (:func:`evaluates_all_images_at_end`:
+        where nerfstudio's own check does not fire there)."""
         super().eval_iteration(step)
         if evaluates_all_images_at_end(step, self.total_steps, self.config.steps_per_eval_all_images):
             metrics = self.pipeline.get_average_eval_image_metrics(step=step)

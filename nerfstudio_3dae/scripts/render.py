@@ -4,11 +4,14 @@ The stock ``ns-render`` works on 3dae runs too (``camera-path``, ``interpolate``
 named by the ``NS3DAE_SCENE`` environment variable (a name or an id; default: the first scene), read once when the
 model is built. This wrapper adds ``--scenes`` (``0:4``, ``car_0003,car_0007``, …: one output per scene, named after
 it; the run is loaded once and ``model.scene`` is set for each) and a ``spiral`` mode that works with full-image
-datamanagers (the stock one accepts only ray-based datamanagers).
+datamanagers (the stock one accepts only ray-based datamanagers). A damaged checkpoint ends it with a message naming
+the file and the older checkpoint to use (:func:`nerfstudio_3dae.checkpoints.checked_eval_load_checkpoint`), not a
+traceback.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -25,8 +28,10 @@ from nerfstudio.scripts.render import (
 )
 from nerfstudio.utils import install_checks
 from nerfstudio.utils.eval_utils import eval_setup
+from nerfstudio.utils.rich_utils import CONSOLE
 from typing_extensions import Annotated
 
+from nerfstudio_3dae.checkpoints import DamagedCheckpointError, use_checked_eval_loading
 from nerfstudio_3dae.data.dataparser import SCENE_ID, parse_scene_selection
 
 
@@ -172,7 +177,13 @@ Commands = tyro.conf.FlagConversionOff[
 
 
 def entrypoint() -> None:
-    tyro.cli(Commands, description=__doc__).main()
+    command = tyro.cli(Commands, description=__doc__)
+    use_checked_eval_loading()  # eval_setup loads through it (done on importing a 3dae model too)
+    try:
+        command.main()
+    except DamagedCheckpointError as err:
+        CONSOLE.print(f"ns-3dae-render: {err}", style="bold red", markup=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
