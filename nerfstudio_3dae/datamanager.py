@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Dict, List, Literal, Optional, Tuple, Type
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -28,6 +28,7 @@ from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
 from nerfstudio_3dae.data.images import cached_latents, load_images, views_by_scene
 from nerfstudio_3dae.distributed import owned_scenes, scene_shard
 from nerfstudio_3dae.image_layout import to_float
+from nerfstudio_3dae.rays import BATCH_LAYOUT, BatchLayout, host_to_device, is_pinhole
 
 
 def wants_pinned(source: torch.device | str, target: torch.device | str) -> bool:
@@ -88,6 +89,8 @@ class MultiSceneDatamanager(FullImageDatamanager):
         self.num_scenes: int = self.train_dataparser_outputs.metadata["num_scenes"]
         self.train_scene_ids = self.train_dataset.cameras.metadata[SCENE_ID].squeeze(-1)  # [n]
         self.eval_scene_ids = self.eval_dataset.cameras.metadata[SCENE_ID].squeeze(-1)  # [m]
+        self._train_scene_list: List[int] = self.train_scene_ids.tolist()
+        self._eval_scene_list: List[int] = self.eval_scene_ids.tolist()
         self._train_views: List[List[int]] = [
             v.tolist() for v in views_by_scene(self.train_scene_ids.tolist(), self.num_scenes)
         ]
@@ -150,19 +153,36 @@ class MultiSceneDatamanager(FullImageDatamanager):
 
     # ------------------------------------------------------------------------------------------------ batches
 
-    def _batch(self, split: str, indices: Tensor) -> Tuple[Cameras, Dict[str, Tensor]]:
+    @cached_property
+    def _pinhole(self) -> Dict[str, bool]:
+        """Whether each split's cameras are undistorted perspective cameras (read once)."""
+        return {"train": is_pinhole(self.train_dataset.cameras), "eval": is_pinhole(self.eval_dataset.cameras)}
+
+    @cached_property
+    def _device_cameras(self) -> Dict[str, Cameras]:
+        """Each split's cameras on the training device, moved once (a batch indexes them there)."""
+        return {"train": self.train_dataset.cameras.to(self.device), "eval": self.eval_dataset.cameras.to(self.device)}
+
+    def _batch(self, split: str, indices: Union[Sequence[int], Tensor]) -> Tuple[Cameras, Dict[str, Tensor]]:
+        """The views ``indices`` of a split: cameras carrying their :class:`~nerfstudio_3dae.rays.BatchLayout` (what
+        the model must know on the host: image size, scene ids, pinhole or not), and their images (and latents).
+        Nothing is read back from the device."""
         train = split == "train"
-        dataset = self.train_dataset if train else self.eval_dataset
-        images = rows_to_device(self.train_images if train else self.eval_images, indices, self.device)
-        cameras = dataset.cameras[indices].to(self.device)
+        picked = [int(i) for i in (indices.tolist() if isinstance(indices, Tensor) else indices)]
+        rows = torch.tensor(picked, dtype=torch.long)
+        store = self.train_images if train else self.eval_images
+        ids = [(self._train_scene_list if train else self._eval_scene_list)[i] for i in picked]
+        cameras = self._device_cameras[split][host_to_device(picked, self.device)]
+        layout = BatchLayout(int(store.shape[1]), int(store.shape[2]), tuple(ids), self._pinhole[split])
+        cameras.metadata = {**(cameras.metadata or {}), BATCH_LAYOUT: layout}
         batch: Dict[str, Tensor] = {
-            "image": to_float(images),  # uint8 copied, made float on the device
-            "image_idx": indices,
-            "scene_id": rows_to_device(self.train_scene_ids if train else self.eval_scene_ids, indices, self.device),
+            "image": to_float(rows_to_device(store, rows, self.device)),  # uint8 copied, made float on the device
+            "image_idx": rows,
+            "scene_id": host_to_device(ids, self.device),
         }
         latents = self.train_latents if train else self.eval_latents
         if latents is not None:
-            batch["latent"] = to_float(rows_to_device(latents, indices, self.device))
+            batch["latent"] = to_float(rows_to_device(latents, rows, self.device))
         return cameras, batch
 
     def _next_scenes(self, count: int) -> List[int]:
@@ -183,7 +203,7 @@ class MultiSceneDatamanager(FullImageDatamanager):
         for scene in scenes:
             views = self._train_views[scene]
             picked += self._rng.sample(views, min(self.config.views_per_scene, len(views)))
-        return self._batch("train", torch.tensor(picked, dtype=torch.long))
+        return self._batch("train", picked)
 
     def next_eval(self, step: int) -> Tuple[Cameras, Dict]:
         return self.next_eval_image(step)
@@ -215,7 +235,7 @@ class _EvalViews:
     def __getitem__(self, index: int) -> Tuple[Cameras, Dict]:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        camera, batch = self.manager._batch("eval", torch.tensor([index]))
+        camera, batch = self.manager._batch("eval", [index])
         return camera, {k: v[0] for k, v in batch.items()}
 
     def __iter__(self):

@@ -26,7 +26,6 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 import torch
 import torch.distributed as dist
-from jaxtyping import Int
 from torch import Tensor
 
 
@@ -87,20 +86,16 @@ def transport_device(backend: str, device: torch.device) -> torch.device:
     return torch.device("cpu")
 
 
-def rows_of(scene_ids: Int[Tensor, "K"], rank: int, world_size: int) -> Int[Tensor, "K"]:
-    """Rows of the local tables that hold ``scene_ids``; raises if a scene belongs to another rank.
-
-    Checked for ids on the CPU only: on a GPU the check would make the host wait for the device every step (the
-    datamanager draws only the rank's own scenes, the viewer offers only them)."""
-    if world_size == 1:
-        return scene_ids
-    foreign = scene_ids.remainder(world_size) != rank
-    if scene_ids.device.type == "cpu" and bool(foreign.any()):
+def rows_of(scene_ids: Sequence[int], rank: int, world_size: int) -> List[int]:
+    """Rows of the local tables that hold ``scene_ids`` (host ints: no device read); raises if a scene belongs to
+    another rank."""
+    foreign = [s for s in scene_ids if s % world_size != rank]
+    if foreign:
         raise ValueError(
-            f"scenes {scene_ids[foreign].tolist()} belong to other ranks: rank {rank} of {world_size} holds the "
-            f"scenes s with s % {world_size} == {rank}"
+            f"scenes {foreign} belong to other ranks: rank {rank} of {world_size} holds the scenes s with "
+            f"s % {world_size} == {rank}"
         )
-    return scene_ids.div(world_size, rounding_mode="floor")
+    return [s // world_size for s in scene_ids]
 
 
 def own_rows(table: Tensor, num_scenes: int, rank: int, world_size: int) -> Tensor:

@@ -6,11 +6,9 @@ resolution divided by ``downscale`` (the autoencoder factor in latent space, 1 i
 
 from __future__ import annotations
 
-import copy
 import functools
-import math
 from dataclasses import dataclass
-from typing import Dict, Literal, Optional, Tuple
+from typing import Callable, Dict, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from jaxtyping import Float, Int
@@ -19,7 +17,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked
-from nerfstudio_3dae.rendering import render_rays
+from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct, host_to_device
+from nerfstudio_3dae.rendering import render_rays, resolve_backend
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
 
 
@@ -40,36 +39,14 @@ class RenderSettings:
     """Points outside ``[-scene_bound, scene_bound]^3`` get density 0 (the largest |coordinate| of the scene box)."""
     backend: Literal["auto", "torch", "nerfacc"] = "auto"
     """Sampling/compositing backend: nerfacc on CUDA ('auto'), or pure torch."""
-
-
-def camera_rays(
-    cameras: Cameras, downscale: int
-) -> Tuple[Float[Tensor, "K HW 3"], Float[Tensor, "K HW 3"], Tuple[int, int]]:
-    """Rays through the pixel centres of ``cameras`` at ``1/downscale`` of their resolution (rounded up).
-
-    All cameras of the batch must share one resolution. Returns origins, unit directions and ``(h, w)``.
-    """
-    cams = copy.copy(cameras)
-    height, width = int(cams.height.reshape(-1)[0]), int(cams.width.reshape(-1)[0])
-    if not (torch.all(cams.height == height) and torch.all(cams.width == width)):
-        raise ValueError("all cameras of a render batch need the same resolution")
-    h, w = math.ceil(height / downscale), math.ceil(width / downscale)
-    # Scale the intrinsics so that the h x w grid spans exactly the original image plane.
-    cams = Cameras(
-        camera_to_worlds=cams.camera_to_worlds.reshape(-1, 3, 4),
-        fx=cams.fx.reshape(-1, 1) * (w / width),
-        fy=cams.fy.reshape(-1, 1) * (h / height),
-        cx=cams.cx.reshape(-1, 1) * (w / width),
-        cy=cams.cy.reshape(-1, 1) * (h / height),
-        width=torch.full_like(cams.width.reshape(-1, 1), w),
-        height=torch.full_like(cams.height.reshape(-1, 1), h),
-        camera_type=cams.camera_type.reshape(-1, 1),
-    )
-    k = cams.shape[0]
-    rays = cams.generate_rays(camera_indices=torch.arange(k, device=cams.device)[:, None])  # [h, w, K, 3]
-    origins = rays.origins.permute(2, 0, 1, 3).reshape(k, h * w, 3)
-    directions = rays.directions.permute(2, 0, 1, 3).reshape(k, h * w, 3)
-    return origins, directions, (h, w)
+    compile: bool = False
+    """Training renders run through ``torch.compile`` (CUDA graphs on a GPU: ``mode="reduce-overhead"``) where their
+    shape is static: the torch backend, no compaction, no checkpointed chunks. Evaluation renders stay eager."""
+    compile_backend: str = "inductor"
+    """``torch.compile``'s backend ('aot_eager' captures the same graph without generating code: the tests' choice)."""
+    compact_min_points: int = 2**18
+    """With occupancy grids, a query of at least this many samples evaluates only the occupied ones (moved together:
+    one host read of their count); a smaller one evaluates all and zeroes the empty (no host read)."""
 
 
 class TriplaneField(nn.Module):
@@ -93,19 +70,28 @@ class TriplaneField(nn.Module):
         self.occupancy = occupancy
         self.points_decoded = 0
         """Samples (points) the field has evaluated so far: what skipping empty space saves."""
+        self._compiled: Optional[Callable[..., Dict[str, Tensor]]] = None
+        """:meth:`_render_rays` through ``torch.compile``, made at the first render that uses it."""
 
     def render(
         self,
         cameras: Cameras,
-        scene_ids: Int[Tensor, "K"],
+        rows: Union[Sequence[int], Int[Tensor, "K"]],
         downscale: int,
         background: Float[Tensor, "c"],
         deterministic: bool,
         max_rays: Optional[int] = None,
         checkpoint_rays: Optional[int] = None,
+        pixel_shift: Optional[Float[Tensor, "K 2"]] = None,
+        layout: Optional[BatchLayout] = None,
     ) -> Dict[str, Tensor]:
-        """Render K cameras of (possibly different) scenes: ``features [K, c, h, w]``, ``depth`` and
-        ``accumulation`` ``[K, 1, h, w]``, and the composed ``planes [K, 3, C, R, R]`` (for regularisers).
+        """Render K cameras (flat) of (possibly different) scenes: ``features [K, c, h, w]``, ``depth`` and
+        ``accumulation`` ``[K, 1, h, w]``, and the composed ``planes [U, 3, C, R, R]`` of the U distinct scenes (for
+        regularisers).
+
+        ``rows`` are the bank rows of the cameras (host ints; a tensor is read back). ``layout`` is what the host knows
+        of the batch (:mod:`nerfstudio_3dae.rays`; read from the cameras when not given). ``pixel_shift`` ``[K, 2]``
+        moves each camera's rays by that many image pixels (jittered training rays).
 
         ``max_rays`` renders in chunks of pixels (all K cameras together) to bound memory; meant for renders without
         gradients. ``checkpoint_rays`` bounds the memory of renders that autograd records (training): the rays are
@@ -113,44 +99,91 @@ class TriplaneField(nn.Module):
         pass, which recomputes the chunk (activation checkpointing, with the chunk's random samples replayed), so the
         saved activations are those of one chunk whatever the image size and sample count. The gradients are those of
         the unchunked render; the price is a second forward pass of the field during backward. A batch that fits in
-        one chunk renders as one graph."""
-        origins, directions, (h, w) = camera_rays(cameras, downscale)  # [K, hw, 3]
+        one chunk renders as one graph.
+
+        Nothing is read back from the device unless the occupancy grids compact a large query
+        (:attr:`RenderSettings.compact_min_points`)."""
+        if isinstance(rows, Tensor):
+            rows = [int(r) for r in rows.reshape(-1).tolist()]
+        layout = layout if layout is not None else batch_layout(cameras, default_scene=0)
+        origins, directions, (h, w) = camera_rays(cameras, layout, downscale, pixel_shift)  # [K, hw, 3]
         k, n = origins.shape[:2]
-        planes = self.bank.planes(scene_ids)  # [K, 3, C, R, R]
+        unique, inverse = distinct(rows)
+        unique_rows = host_to_device(unique, origins.device)
+        scene_planes = self.bank.planes(unique_rows, distinct_sorted=True)  # [U, 3, C, R, R]
+        if list(inverse) == list(range(k)):  # every camera its own scene, in row order
+            planes, camera_rows = scene_planes, unique_rows
+        else:
+            camera_of = host_to_device(inverse, origins.device)
+            planes, camera_rows = scene_planes.index_select(0, camera_of), unique_rows.index_select(0, camera_of)
         if self.occupancy is not None and self.training and torch.is_grad_enabled():
-            dense = origins.shape[0] * origins.shape[1] * (self.settings.num_coarse + self.settings.num_fine)
-            self.occupancy.train_batch(scene_ids, lambda first: self._density_fn(planes[first].detach()), dense)
+            dense = k * n * (self.settings.num_coarse + self.settings.num_fine)
+            self.occupancy.train_batch(
+                unique, unique_rows, lambda positions: self._density_fn(scene_planes[positions].detach()), dense
+            )
+        backend = resolve_backend(self.settings.backend, origins.device)
         recorded = bool(checkpoint_rays) and torch.is_grad_enabled()
         limit = checkpoint_rays if recorded else max_rays
         step = n if not limit else max(1, limit // k)
-        render_chunk = self._render_rays
+        render_chunk = functools.partial(self._render_rays, count_points=True)
         if recorded and step < n:
-            render_chunk = functools.partial(checkpoint, self._render_rays, use_reentrant=False)
+            render_chunk = functools.partial(checkpoint, render_chunk, use_reentrant=False)
+        elif self._compiles(backend, k * n):
+            render_chunk = self._compiled_renderer(origins.device)
+            self.points_decoded += k * n * (self.settings.num_coarse + self.settings.num_fine)
         chunks = [
             render_chunk(
-                planes, scene_ids, origins[:, i : i + step], directions[:, i : i + step], background, deterministic
+                planes,
+                camera_rows,
+                origins[:, i : i + step],
+                directions[:, i : i + step],
+                background,
+                deterministic,
+                backend,
             )
             for i in range(0, n, step)
         ]
 
         def image(key: str) -> Tensor:  # chunks of [K, m, c] -> [K, c, h, w]
-            return torch.cat([c[key] for c in chunks], dim=1).reshape(k, h, w, -1).permute(0, 3, 1, 2)
+            joined = chunks[0][key] if len(chunks) == 1 else torch.cat([c[key] for c in chunks], dim=1)
+            return joined.reshape(k, h, w, -1).permute(0, 3, 1, 2)
 
         return {
             "features": image("features"),
             "depth": image("depth"),
             "accumulation": image("accumulation"),
-            "planes": planes,
+            "planes": scene_planes,
         }
+
+    def _compiles(self, backend: str, rays: int) -> bool:
+        """Whether this render goes through the compiled renderer: asked for, a training render, the torch backend,
+        and no query compacted (static shapes)."""
+        s = self.settings
+        static = self.occupancy is None or rays * max(s.num_coarse, s.num_fine) < s.compact_min_points
+        return s.compile and self.training and torch.is_grad_enabled() and backend == "torch" and static
+
+    def _compiled_renderer(self, device: torch.device) -> Callable[..., Dict[str, Tensor]]:
+        """:meth:`_render_rays` compiled once (``fullgraph``: nothing in it may read the device back); on CUDA with
+        CUDA graphs, a new graph step begun for every render."""
+        cuda = torch.device(device).type == "cuda"
+        if self._compiled is None:
+            mode = "reduce-overhead" if cuda else None
+            self._compiled = torch.compile(
+                self._render_rays, fullgraph=True, dynamic=False, mode=mode, backend=self.settings.compile_backend
+            )
+        if cuda:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled
 
     def _density_fn(self, planes: Float[Tensor, "U 3 C R R"]):
         """Points ``[U, P, 3]`` of these scenes → their density ``[U, P, 1]`` (0 outside the box)."""
         return lambda points: decode_points(planes, self.mlp, points, True)[0]
 
     def _decode(
-        self, planes: Float[Tensor, "K 3 C R R"], points: Float[Tensor, "K P 3"]
+        self, planes: Float[Tensor, "K 3 C R R"], points: Float[Tensor, "K P 3"], count_points: bool
     ) -> Tuple[Float[Tensor, "K P 1"], Float[Tensor, "K P c"]]:
-        self.points_decoded += points.shape[0] * points.shape[1]
+        if count_points:  # not in the compiled renderer (its render counts them): a changing attribute would recompile
+            self.points_decoded += points.shape[0] * points.shape[1]
         return decode_points(planes, self.mlp, points, False)
 
     def _render_rays(
@@ -161,6 +194,8 @@ class TriplaneField(nn.Module):
         directions: Float[Tensor, "K m 3"],
         background: Float[Tensor, "c"],
         deterministic: bool,
+        backend: Literal["torch", "nerfacc"],
+        count_points: bool = False,
     ) -> Dict[str, Tensor]:
         s = self.settings
         k, m = origins.shape[:2]
@@ -169,10 +204,11 @@ class TriplaneField(nn.Module):
             num_samples = points.shape[1]  # rays are camera-major: R = K * m
             flat = points.reshape(k, m * num_samples, 3)
             if self.occupancy is None:
-                density, values = self._decode(planes, flat)
+                density, values = self._decode(planes, flat, count_points)
             else:
                 mask = self.occupancy.mask(rows, flat)
-                density, values = decode_masked(lambda p: self._decode(planes, p), flat, mask)
+                compact = flat.shape[0] * flat.shape[1] >= s.compact_min_points
+                density, values = decode_masked(lambda p: self._decode(planes, p, count_points), flat, mask, compact)
             return density.reshape(k * m, num_samples, 1), values.reshape(k * m, num_samples, -1)
 
         out = render_rays(
@@ -185,7 +221,7 @@ class TriplaneField(nn.Module):
             num_fine=s.num_fine,
             background=background,
             deterministic=deterministic,
-            backend=s.backend,
+            backend=backend,
             box_bound=s.scene_bound,
         )
         return {key: out[key].reshape(k, m, -1) for key in ("features", "depth", "accumulation")}

@@ -14,7 +14,6 @@ Phases (switched by the training step, see :func:`phase_at`):
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +21,15 @@ from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
-from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 from torch.nn import Parameter
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, is_encoder_tensor
 from nerfstudio_3dae.autoencoder_source import bases_beside_autoencoder, load_bases, resolve_autoencoder
 from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw, shift_images
-from nerfstudio_3dae.metrics import image_metrics, rgb_metrics
+from nerfstudio_3dae.metrics import batch_psnr, image_metrics, rgb_metrics
 from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig
 
 Phase = Literal["ae_pretrain", "warmup", "joint", "latent", "finetune"]
@@ -251,8 +248,8 @@ class LatentTriplaneModel(TriplaneModel):
         out: Dict[str, Tensor] = {}
         if phase != "ae_pretrain":
             if self.training and self.config.pixel_jitter:
-                cameras, out["pixel_shift"] = jittered(cameras.flatten(), self.downscale)
-            rendered = self.render(cameras)
+                out["pixel_shift"] = pixel_jitter(math.prod(cameras.shape), self.downscale, self.device)
+            rendered = self.render(cameras, pixel_shift=out.get("pixel_shift"))
             out.update(
                 latent=rendered["features"],
                 depth=rendered["depth"],
@@ -294,12 +291,12 @@ class LatentTriplaneModel(TriplaneModel):
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         metrics: Dict[str, Tensor] = {}
         if "latent" in outputs and "latent" in batch:
-            metrics["latent_psnr"] = peak_signal_noise_ratio(
+            metrics["latent_psnr"] = batch_psnr(
                 outputs["latent"].detach(), batch["latent"].to(self.device), data_range=self.latent_data_range
             )
         if "rgb" in outputs:
             image = self.seen_by_rays(outputs, hwc_to_nchw(batch["image"]).to(self.device))
-            metrics["psnr"] = peak_signal_noise_ratio(outputs["rgb"].detach().clamp(0, 1), image, data_range=1.0)
+            metrics["psnr"] = batch_psnr(outputs["rgb"].detach().clamp(0, 1), image, data_range=1.0)
         return metrics
 
     # -------------------------------------------------------------------------------- eval / viewer
@@ -332,15 +329,11 @@ class LatentTriplaneModel(TriplaneModel):
         return metrics, images
 
 
-def jittered(cameras: Cameras, downscale: int) -> Tuple[Cameras, Tensor]:
-    """``cameras`` (flat, ``[K]``) whose latent pixel grid moved by a random fraction of a latent pixel, one offset per
-    camera, and the shift ``[K, 2]`` in image pixels at which their images must be resampled to match
-    (:func:`nerfstudio_3dae.image_layout.shift_images`)."""
-    shift = (torch.rand(cameras.shape[0], 2, device=cameras.device) - 0.5) * downscale  # image pixels, (x, y)
-    moved = copy.copy(cameras)
-    moved.cx = cameras.cx - shift[:, :1]  # a ray through pixel p of the moved camera is the ray through p + shift
-    moved.cy = cameras.cy - shift[:, 1:]
-    return moved, shift
+def pixel_jitter(count: int, downscale: int, device: torch.device) -> Tensor:
+    """A random shift ``[count, 2]`` (image pixels, ``(x, y)``) of each camera's latent pixel grid, within a latent
+    pixel: the rays of camera ``k`` pass through pixel centre + shift, and its image must be resampled at the same
+    shift to match (:func:`nerfstudio_3dae.image_layout.shift_images`)."""
+    return (torch.rand(count, 2, device=device) - 0.5) * downscale
 
 
 def _refresh_lr_phase(model: LatentTriplaneModel, incompatible_keys) -> None:

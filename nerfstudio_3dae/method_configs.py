@@ -15,7 +15,6 @@ from typing import Dict, Optional
 
 import torch
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
@@ -24,13 +23,13 @@ from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig
 from nerfstudio_3dae.latent_model import LatentTriplaneModelConfig
 from nerfstudio_3dae.model import TriplaneModelConfig
 from nerfstudio_3dae.pipeline import ThreeDAEPipelineConfig
-from nerfstudio_3dae.sparse_adam import RowSparseAdamOptimizerConfig
+from nerfstudio_3dae.sparse_adam import FusedAdamOptimizerConfig, RowSparseAdamOptimizerConfig
 from nerfstudio_3dae.trainer import EVAL_ALL_IMAGES_AT_END, ThreeDAETrainerConfig
 
 
 def _adam(lr: float, final: Optional[float] = None, steps: int = 30000) -> Dict:
     scheduler = ExponentialDecaySchedulerConfig(lr_final=final, max_steps=steps) if final is not None else None
-    return {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
+    return {"optimizer": FusedAdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": scheduler}
 
 
 def _scene_groups(plane_lr: float, basis_lr: float, final_factor: Optional[float], steps: int) -> Dict:

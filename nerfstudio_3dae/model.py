@@ -20,16 +20,15 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.viewer.viewer_elements import ViewerDropdown
 from torch import Tensor
 from torch.nn import Parameter
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from nerfstudio_3dae.backends import decide_backend
 from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
-from nerfstudio_3dae.data.dataparser import SCENE_ID
 from nerfstudio_3dae.distributed import broadcast_object, owned_scenes, rows_of, scene_shard
 from nerfstudio_3dae.field import RenderSettings, TriplaneField
 from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
-from nerfstudio_3dae.metrics import rgb_metrics
+from nerfstudio_3dae.metrics import batch_psnr, rgb_metrics
 from nerfstudio_3dae.occupancy import OccupancyGrids, density_threshold
+from nerfstudio_3dae.rays import BatchLayout, batch_layout
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
 
 allow_nerfstudio_checkpoints()
@@ -104,6 +103,16 @@ class TriplaneModelConfig(ModelConfig):
     occupancy_update_share: float = 0.1
     """Share of the field evaluations spent on updating the grids of the batch's scenes (an update evaluates every
     cell once): every batch at 128² in RGB, about every 13th batch in latent space."""
+    compile_renderer: bool = False
+    """Training renders go through ``torch.compile`` where their shapes are static (the latent method's small
+    queries: no compaction, no checkpointed chunks, the torch backend); on CUDA with CUDA graphs
+    (``mode="reduce-overhead"``), which replay the whole render as one launch. Compiling takes about half a minute per
+    graph on a CPU; evaluation renders stay eager. Off by default until measured on a GPU (scripts/gpu_check.sh)."""
+    occupancy_compact_min_points: int = 2**18
+    """A field query of at least this many samples (rays x samples of one pass) evaluates only the samples in occupied
+    cells, moved together, which needs one host read of their count; a smaller query evaluates every sample in the box
+    and zeroes those in empty cells, without reading anything back (on a GPU a read drains the queue: at 16² latent
+    views the evaluations saved are worth less than that). Both give the same image."""
     max_rays_per_chunk: int = 16384
     """Rays rendered at once when rendering for eval/viewer (bounds memory on large images)."""
     train_rays_per_chunk: int = 32768
@@ -155,7 +164,16 @@ class TriplaneModel(Model):
         # --pipeline.model.backend nerfacc fails now, not at the first render); renders reuse the cached decision
         decide_backend(c.backend, self.kwargs.get("device") or "cpu")
         bound = float(self.scene_box.aabb.abs().max())
-        settings = RenderSettings(c.near, c.far, c.num_coarse_samples, c.num_fine_samples, bound, c.backend)
+        settings = RenderSettings(
+            c.near,
+            c.far,
+            c.num_coarse_samples,
+            c.num_fine_samples,
+            bound,
+            c.backend,
+            c.compile_renderer,
+            c.occupancy_compact_min_points,
+        )
         self.field = TriplaneField(bank, mlp, settings, self._occupancy_grids(bound))
 
     def _occupancy_grids(self, bound: float) -> Optional[OccupancyGrids]:
@@ -210,30 +228,33 @@ class TriplaneModel(Model):
     def background_value(self) -> Float[Tensor, "c"]:
         return torch.full((3,), self.config.background, device=self.device)
 
-    def scene_ids(self, cameras: Cameras) -> Tensor:
-        """[K] scene id of each camera."""
-        k = cameras.camera_to_worlds.reshape(-1, 3, 4).shape[0]
-        if cameras.metadata and SCENE_ID in cameras.metadata:
-            ids = torch.as_tensor(cameras.metadata[SCENE_ID], device=self.device).reshape(-1).long()
-        else:
-            ids = torch.full((k,), self.scene, dtype=torch.long, device=self.device)
-        # Checked where it costs nothing: ids on a GPU would need a device-to-host sync every step (the datamanager's
-        # ids come from the dataparser, and an id past the tables still fails in the row lookup's bounds check).
-        if ids.device.type == "cpu" and ids.numel() and (ids.min() < 0 or ids.max() >= self.num_scenes):
-            raise ValueError(f"scene id out of range: this model holds {self.num_scenes} scenes, got {ids.tolist()}")
-        return ids
+    def layout_of(self, cameras: Cameras) -> BatchLayout:
+        """What the host knows of a flat camera batch: attached by the datamanager to training batches, read from
+        the cameras otherwise (cameras without scene ids are of :attr:`scene`); its scene ids are checked here, on
+        the host."""
+        layout = batch_layout(cameras, default_scene=self.scene)
+        bad = [s for s in layout.scene_ids if not 0 <= s < self.num_scenes]
+        if bad:
+            raise ValueError(f"scene id out of range: this model holds {self.num_scenes} scenes, got {bad}")
+        return layout
 
-    def render(self, cameras: Cameras, chunk: Optional[int] = None) -> Dict[str, Tensor]:
-        """Render ``cameras`` (a batch, any scenes) in the model's space: ``features [K, c, h, w]`` etc."""
-        cameras = cameras.flatten()
+    def render(
+        self, cameras: Cameras, chunk: Optional[int] = None, pixel_shift: Optional[Float[Tensor, "K 2"]] = None
+    ) -> Dict[str, Tensor]:
+        """Render ``cameras`` (a batch, any scenes) in the model's space: ``features [K, c, h, w]`` etc.
+        ``pixel_shift`` ``[K, 2]`` moves each camera's rays by that many image pixels."""
+        cameras = flat_on(cameras, self.device)
+        layout = self.layout_of(cameras)
         return self.field.render(
-            cameras.to(self.device),
-            rows_of(self.scene_ids(cameras), *self.shard),
+            cameras,
+            rows_of(layout.scene_ids, *self.shard),
             self.downscale,
             self.background_value(),
             deterministic=not (self.training and self.config.random_samples),
             max_rays=chunk,
             checkpoint_rays=self.config.train_rays_per_chunk if self.training else None,
+            pixel_shift=pixel_shift,
+            layout=layout,
         )
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -258,7 +279,7 @@ class TriplaneModel(Model):
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
         gt = hwc_to_nchw(batch["image"]).to(self.device)
-        return {"psnr": peak_signal_noise_ratio(outputs["rgb"].detach().clamp(0, 1), gt, data_range=1.0)}
+        return {"psnr": batch_psnr(outputs["rgb"].detach().clamp(0, 1), gt, data_range=1.0)}
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         gt = hwc_to_nchw(batch["image"]).to(self.device)
@@ -289,6 +310,14 @@ class TriplaneModel(Model):
         metrics = rgb_metrics(outputs["rgb"], gt)
         images = {"img": torch.cat([gt, outputs["rgb"]], dim=1), "depth": outputs["depth"]}
         return metrics, images
+
+
+def flat_on(cameras: Cameras, device: torch.device) -> Cameras:
+    """``cameras`` as a flat batch on ``device`` (each reshape or move of a ``Cameras`` costs some fifty tensor
+    operators: skipped when there is nothing to do)."""
+    if len(cameras.shape) != 1:
+        cameras = cameras.flatten()
+    return cameras if cameras.device == torch.device(device) else cameras.to(device)
 
 
 def resolve_scene(value: str, names: List[str], where: str = SCENE_ENV) -> int:

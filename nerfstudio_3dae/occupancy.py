@@ -21,12 +21,14 @@ per-scene planes and are sharded with them.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int, UInt8
 from torch import Tensor, nn
+
+from nerfstudio_3dae.rays import host_to_device
 
 DensityFn = Callable[[Float[Tensor, "S P 3"]], Float[Tensor, "S P 1"]]
 
@@ -122,16 +124,19 @@ def decode_masked(
     decode: Callable[[Float[Tensor, "K Q 3"]], Tuple[Float[Tensor, "K Q 1"], Float[Tensor, "K Q c"]]],
     points: Float[Tensor, "K P 3"],
     mask: Bool[Tensor, "K P"],
+    compact_points: bool = True,
 ) -> Tuple[Float[Tensor, "K P 1"], Float[Tensor, "K P c"]]:
-    """``decode`` evaluated only where ``mask`` holds: density and values are 0 elsewhere (gradients flow to the
-    evaluated points only).
+    """``decode`` evaluated where ``mask`` holds: density and values are 0 elsewhere (gradients flow to the selected
+    points only).
 
-    Each camera's selected points are moved to the front of its row (:func:`compact`), so one batched ``decode`` call
-    serves every camera, and the results are scattered back; the padding of rows with fewer points is evaluated at
-    the row's last point and dropped. Where more than :data:`DENSE_SHARE` of the samples are selected, every sample
-    is evaluated and the others zeroed instead."""
+    With ``compact_points`` each camera's selected points are moved to the front of its row (:func:`compact`: one
+    host read of their largest count), so one batched ``decode`` call serves every camera, and the results are
+    scattered back; the padding of rows with fewer points is evaluated at the row's last point and dropped. Where more
+    than :data:`DENSE_SHARE` of the samples are selected, or without ``compact_points`` (no host read: small queries,
+    where the evaluations saved are worth less than waiting for the device), every sample is evaluated and the others
+    zeroed."""
     k, p = mask.shape
-    q = largest_count(mask)
+    q = largest_count(mask) if compact_points else p
     if q > DENSE_SHARE * p:
         density, values = decode(points)
         keep = mask[..., None].to(density.dtype)
@@ -183,6 +188,11 @@ class OccupancyGrids(nn.Module):
         self.register_buffer("bits", pack_cells(full))
         self.register_buffer("visits", torch.zeros(num_scenes, dtype=torch.int32))
         self.register_buffer("updates", torch.zeros(num_scenes, dtype=torch.int32))
+        self._visits: List[int] = [0] * num_scenes
+        """Host copy of ``visits`` (the training step decides from it without reading the device)."""
+        self._updates: List[int] = [0] * num_scenes
+        """Host copy of ``updates``."""
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_counts())
 
     def bytes_per_scene(self) -> int:
         """Bytes of one scene's rows of the buffers (the grid and its two counts)."""
@@ -193,10 +203,12 @@ class OccupancyGrids(nn.Module):
         update, every cell is)."""
         return lookup(self.bits[rows], points, self.bound, self.resolution)
 
-    def visit(self, rows: Int[Tensor, "K"]) -> None:
-        """Count one training batch for each distinct scene of ``rows``."""
-        seen = torch.zeros_like(self.visits, dtype=torch.bool).index_fill_(0, rows, True)
-        self.visits += seen.to(self.visits.dtype)
+    def visit(self, rows: Sequence[int], rows_device: Int[Tensor, "U"]) -> None:
+        """Count one training batch for each of the distinct scene rows ``rows`` (host ints; ``rows_device`` the same
+        on the grids' device)."""
+        self.visits.index_add_(0, rows_device, torch.ones_like(rows_device, dtype=self.visits.dtype))
+        for row in rows:
+            self._visits[row] += 1
 
     @torch.no_grad()
     def update(self, rows: Int[Tensor, "U"], density_fn: DensityFn) -> None:
@@ -205,7 +217,7 @@ class OccupancyGrids(nn.Module):
         points = cell_points(self.resolution, self.bound, rows.shape[0], True, self.bits.device)
         density = density_fn(points)[..., 0]
         self.bits[rows] = pack_cells(occupied_cells(density, self.resolution, self.threshold, self.dilation))
-        self.updates[rows] += 1
+        self.updates.index_add_(0, rows, torch.ones_like(rows, dtype=self.updates.dtype))
 
     @property
     def grid(self) -> Bool[Tensor, "N G G G"]:
@@ -213,32 +225,49 @@ class OccupancyGrids(nn.Module):
         return unpack_cells(self.bits, self.resolution)
 
     def train_batch(
-        self, rows: Int[Tensor, "K"], density_of_rows: Callable[[Tensor], DensityFn], dense_points: int
+        self,
+        rows: Sequence[int],
+        rows_device: Int[Tensor, "U"],
+        density_of: Callable[[Union[Tensor, slice]], DensityFn],
+        dense_points: int,
     ) -> None:
-        """Bookkeeping of one training batch (``rows``: the scene row of each camera; ``dense_points``: the samples
-        its render has before any skipping): count the visits, and update grids (``density_of_rows(first)`` gives
-        the density function of the scenes of cameras ``first``, one camera per distinct scene).
+        """Bookkeeping of one training batch: ``rows`` are its distinct scene rows (host ints; ``rows_device`` the
+        same rows on the grids' device) and ``dense_points`` the samples its render has before any skipping. Counts
+        the visits and updates grids (``density_of(positions)`` gives the density function of the scenes at those
+        positions of ``rows``).
 
         Only scenes past their warm-up are updated (before it their grids are not computed: a fresh run pays
         nothing). A scene's first update comes at the batch that ends its warm-up. Later updates, of all the batch's
         warm scenes, cost ``G³`` evaluations per scene, paid from a budget that every batch fills with
         ``update_share`` of its dense samples: they cost about that share of the rendering whatever the image size
         (every batch for 128² RGB views, every ~13th for their 16² latents). First updates are paid from the same
-        budget, which may go into debt for them (one grid per scene and run)."""
-        self.visit(rows)
-        cost = rows.shape[0] * self.resolution**3  # an upper bound: cameras, not distinct scenes (no host sync)
+        budget, which may go into debt for them (one grid per scene and run).
+
+        The decisions are taken on the host, from a copy of the visit and update counts kept beside the buffers (the
+        step never waits for the device); the copy is refreshed whenever a state dict is loaded."""
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"OccupancyGrids.train_batch needs distinct rows, got {list(rows)}")
+        self.visit(rows, rows_device)
+        cost = len(rows) * self.resolution**3
         self.budget = min(self.budget + self.update_share * dense_points, float(cost))
-        unique, inverse = torch.unique(rows, return_inverse=True)
-        warm = self.visits[unique] >= self.warmup
-        if self.budget < cost:
-            warm &= self.updates[unique] == 0  # only the first updates are due
-        if not bool(warm.any()):
+        warm = [i for i, row in enumerate(rows) if self._visits[row] >= self.warmup]
+        if self.budget < cost:  # only the first updates are due
+            warm = [i for i in warm if self._updates[rows[i]] == 0]
+        if not warm:
             return
-        cameras = torch.arange(rows.shape[0], device=rows.device)
-        first = torch.full_like(unique, rows.shape[0]).scatter_reduce(0, inverse, cameras, reduce="amin")
-        due = unique[warm]
-        self.budget -= due.shape[0] * self.resolution**3
-        self.update(due, density_of_rows(first[warm]))
+        self.budget -= len(warm) * self.resolution**3
+        if len(warm) == len(rows):
+            self.update(rows_device, density_of(slice(None)))
+        else:
+            which = host_to_device(warm, rows_device.device)
+            self.update(rows_device[which], density_of(which))
+        for i in warm:
+            self._updates[rows[i]] += 1
+
+    def refresh_counts(self) -> None:
+        """Copy the visit and update counts to the host (one read; after a state dict was loaded)."""
+        self._visits = [int(v) for v in self.visits.tolist()]
+        self._updates = [int(v) for v in self.updates.tolist()]
 
     def occupied_fraction(self) -> Float[Tensor, "N"]:
         """Share of occupied cells of each scene."""

@@ -34,6 +34,8 @@ def nerfacc_cuda_available() -> bool:
 def resolve_backend(backend: Backend, device: torch.device) -> Literal["torch", "nerfacc"]:
     """Map ``"auto"`` to a concrete backend; refuse nerfacc for tensors that are not on CUDA or where its extension
     is not built (:func:`nerfstudio_3dae.backends.decide_backend`, a :class:`ValueError` naming the option)."""
+    if backend == "torch":  # nothing to decide (and nothing to trace when the renderer is compiled)
+        return "torch"
     return decide_backend(backend, device).backend
 
 

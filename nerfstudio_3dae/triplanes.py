@@ -101,25 +101,34 @@ class _SparseRowGather(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, ids: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, table: Tensor, ids: Tensor, distinct_sorted: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(ids)
         ctx.table_shape = table.shape
+        ctx.distinct_sorted = distinct_sorted
         return table.index_select(0, ids)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (ids,) = ctx.saved_tensors
-        # ids passed index_select's bounds check in forward, so the invariant check can be skipped
-        sparse = torch.sparse_coo_tensor(ids.long()[None], grad.contiguous(), ctx.table_shape, check_invariants=False)
-        return sparse, None
+        # ids passed index_select's bounds check in forward, so the invariant check can be skipped; distinct sorted
+        # ids make a coalesced tensor already (coalescing one on a GPU reads its size back to the host)
+        sparse = torch.sparse_coo_tensor(
+            ids.long()[None],
+            grad.contiguous(),
+            ctx.table_shape,
+            check_invariants=False,
+            is_coalesced=ctx.distinct_sorted,
+        )
+        return sparse, None, None
 
 
-def gather_rows(table: Tensor, ids: Int[Tensor, "S"], sparse: bool) -> Tensor:
+def gather_rows(table: Tensor, ids: Int[Tensor, "S"], sparse: bool, distinct_sorted: bool = False) -> Tensor:
     """``table[ids]``; with ``sparse`` the gradient w.r.t. ``table`` is a row-sparse COO tensor (O(S) work)
-    instead of a dense tensor of the whole table (O(rows of the table))."""
+    instead of a dense tensor of the whole table (O(rows of the table)). ``distinct_sorted``: the caller vouches that
+    ``ids`` are distinct and increasing, so the gradient is marked coalesced."""
     if not sparse or not table.requires_grad or not torch.is_grad_enabled():
-        return table[ids]
-    return _SparseRowGather.apply(table, ids)
+        return table.index_select(0, ids)
+    return _SparseRowGather.apply(table, ids, distinct_sorted)
 
 
 def widened_sigmoid(x: Tensor, eps: float = WIDENED_SIGMOID_EPS) -> Tensor:
@@ -193,14 +202,14 @@ class TriplaneBank(nn.Module):
         """Channels of a composed Tri-Plane, ``C = Cmic + Cmac`` (the decoder's input size)."""
         return self.micro_channels + self.macro_channels
 
-    def planes(self, scene_ids: Int[Tensor, "S"]) -> Float[Tensor, "S 3 C R R"]:
+    def planes(self, scene_ids: Int[Tensor, "S"], distinct_sorted: bool = False) -> Float[Tensor, "S 3 C R R"]:
         """Composed Tri-Planes of the given scenes only (gradients reach only their rows; sparse ones with
-        ``sparse``)."""
-        micro = gather_rows(self.micro, scene_ids, self.sparse)  # [S, 3, Cmic, R, R]
+        ``sparse``, marked coalesced when the caller vouches that ``scene_ids`` are ``distinct_sorted``)."""
+        micro = gather_rows(self.micro, scene_ids, self.sparse, distinct_sorted)  # [S, 3, Cmic, R, R]
         if self.num_bases == 0:
             return micro
-        weights = gather_rows(self.weights, scene_ids, self.sparse)  # [S, M]
-        bias = gather_rows(self.bias, scene_ids, self.sparse)  # [S]
+        weights = gather_rows(self.weights, scene_ids, self.sparse, distinct_sorted)  # [S, M]
+        bias = gather_rows(self.bias, scene_ids, self.sparse, distinct_sorted)  # [S]
         return compose_planes(micro, weights, bias, self.bases)
 
     def forward(self, scene_ids: Int[Tensor, "S"]) -> Float[Tensor, "S 3 C R R"]:

@@ -118,9 +118,9 @@ def test_batches_travel_as_stored_and_are_made_float_after_the_copy(tiny_dataset
     monkeypatch.setattr(datamanager, "rows_to_device", recording)
     monkeypatch.setattr(torch, "empty", no_pinning)
     _, batch = dm.next_train(0)
-    assert copied == [torch.uint8, torch.long, torch.float32], "images copied as uint8, then scene ids and latents"
+    assert copied == [torch.uint8, torch.float32], "images copied as uint8, then the latents"
     assert batch["image"].dtype == torch.float32
     assert torch.equal(batch["image"], dm.train_images[batch["image_idx"]].float() / 255), "the values of before"
     assert torch.equal(batch["latent"], dm.train_latents[batch["image_idx"]])
     _, view = dm.fixed_indices_eval_dataloader[1]
-    assert copied[3] == torch.uint8 and torch.equal(view["image"], dm.eval_images[1].float() / 255)
+    assert copied[2] == torch.uint8 and torch.equal(view["image"], dm.eval_images[1].float() / 255)

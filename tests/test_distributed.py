@@ -41,9 +41,9 @@ TOLERANCE = 1e-5
 def test_scenes_are_dealt_round_robin_and_rows_map_back():
     assert owned_scenes(5, 0, 2) == [0, 2, 4] and owned_scenes(5, 1, 2) == [1, 3]
     assert owned_scenes(3, 0, 1) == [0, 1, 2]
-    assert rows_of(torch.tensor([1, 3]), 1, 2).tolist() == [0, 1]
+    assert rows_of([1, 3], 1, 2) == [0, 1] and rows_of([2, 0], 0, 1) == [2, 0]
     with pytest.raises(ValueError, match=r"scenes \[2\] belong to other ranks"):
-        rows_of(torch.tensor([1, 2]), 1, 2)
+        rows_of([1, 2], 1, 2)
     with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
         owned_scenes(4, 2, 2)
     whole = torch.arange(5.0)[:, None].expand(5, 3)

@@ -107,37 +107,53 @@ def test_decode_masked_evaluates_only_the_masked_points_with_gradients() -> None
 
 
 def test_grids_warm_up_then_follow_the_density() -> None:
-    # an update for a batch of 2 cameras is charged 2 x 8³ = 1024 evaluations, paid from half of each batch's samples
+    # an update of one scene is charged 8³ = 512 evaluations, paid from half of each batch's samples
     grids = OccupancyGrids(3, 8, 1.0, threshold=1.0, warmup=2, update_share=0.5, dilation=0)
     ball = lambda p: 10.0 * (p.norm(dim=-1, keepdim=True) < 0.5).float()  # noqa: E731
     points = torch.tensor([[[0.0, 0.0, 0.0], [0.9, 0.9, 0.9], [0.0, 0.0, 1.5]]]).expand(2, -1, -1)
     rows = torch.tensor([0, 1])
     assert grids.mask(rows, points).tolist() == [[True, True, False]] * 2  # cold: the box, not the grid
-    first_cameras = []
+    updated = []  # positions in its batch of each updated scene, per update
 
-    def density_of(first):
-        first_cameras.append(first.tolist())
-        return ball
+    def batch(scenes, dense_points):
+        def density_of(positions):  # a slice when every scene of the batch is updated
+            updated.append(list(range(len(scenes)))[positions] if isinstance(positions, slice) else positions.tolist())
+            return ball
 
-    grids.train_batch(torch.tensor([0, 0]), density_of, 1024)  # scene 0 twice in one batch: one visit
+        grids.train_batch(scenes, torch.tensor(scenes), density_of, dense_points)
+
+    batch([0], 512)
     assert grids.visits.tolist() == [1, 0, 0] and grids.grid.all()  # in warm-up: no update
-    grids.train_batch(torch.tensor([0, 0]), density_of, 1024)
-    assert first_cameras == [[0]]  # one update, of the batch's one scene (through its first camera)
+    batch([0], 512)
+    assert updated == [[0]]  # one update, of the batch's one scene
     assert grids.visits.tolist() == [2, 0, 0] and not grids.grid[0].all() and grids.grid[1].all()
     assert grids.mask(rows, points).tolist() == [[True, False, False], [True, True, False]]
     assert 0 < grids.occupied_fraction()[0] < 0.2
-    grids.train_batch(torch.tensor([1, 1]), density_of, 4096)  # the budget allows it, but scene 1 is in warm-up
-    assert first_cameras == [[0]] and grids.grid[1].all()
-    grids.train_batch(torch.tensor([1, 1]), density_of, 0)  # warm now, the budget was kept
-    assert first_cameras == [[0], [0]] and not grids.grid[1].all()
-    assert grids.budget == 512  # 1024 filled, one scene's update (512) paid
-    grids.train_batch(torch.tensor([2, 2]), density_of, 0)
-    grids.train_batch(torch.tensor([2, 2]), density_of, 0)  # warm: a first update is due, whatever the budget
-    assert first_cameras == [[0], [0], [0]] and grids.budget == 0 and not grids.grid[2].all()
-    grids.train_batch(torch.tensor([0, 2]), density_of, 0)  # no budget, no first update due: nothing
-    assert len(first_cameras) == 3 and grids.updates.tolist() == [1, 1, 1]
-    grids.train_batch(torch.tensor([0, 2]), density_of, 2048)  # budget for the whole batch: both scenes
-    assert first_cameras[-1] == [0, 1] and grids.updates.tolist() == [2, 1, 2]
+    batch([1], 2048)  # the budget allows it, but scene 1 is in warm-up
+    assert updated == [[0]] and grids.grid[1].all()
+    batch([1], 0)  # warm now, the budget was kept (capped at the batch's cost)
+    assert updated == [[0], [0]] and not grids.grid[1].all()
+    assert grids.budget == 0  # 512 filled, one scene's update (512) paid
+    batch([2], 0)
+    batch([2], 0)  # warm: a first update is due, whatever the budget
+    assert updated == [[0], [0], [0]] and grids.budget == -512 and not grids.grid[2].all()
+    batch([0, 2], 0)  # no budget, no first update due: nothing
+    assert len(updated) == 3 and grids.updates.tolist() == [1, 1, 1]
+    batch([0, 2], 4096)  # budget for the whole batch: both scenes
+    assert updated[-1] == [0, 1] and grids.updates.tolist() == [2, 1, 2]
+    batch([1, 2], 1024)  # scene 1 is due a regular update, the budget pays for one of the two: neither
+    assert len(updated) == 4
+    with pytest.raises(ValueError, match="distinct rows"):
+        batch([1, 1], 0)
+
+
+def test_the_host_counts_follow_a_loaded_state() -> None:
+    grids = OccupancyGrids(2, 4, 1.0, threshold=1.0, warmup=3, update_share=1.0)
+    state = {k: v.clone() for k, v in grids.state_dict().items()}
+    state["visits"] = torch.tensor([5, 0], dtype=torch.int32)
+    grids.load_state_dict(state)
+    grids.train_batch([0, 1], torch.tensor([0, 1]), lambda positions: lambda p: p[..., :1] * 0, 0)
+    assert grids.updates.tolist() == [1, 0]  # scene 0 was warm by the loaded counts; its first update came now
 
 
 def sphere_field(points):

@@ -25,7 +25,7 @@ import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Literal, Sequence
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
@@ -44,6 +44,10 @@ SYNC_OPS = {
     "aten::repeat_interleave": "repeat_interleave",
 }
 """Operators that wait for a device value on the host (on a GPU: a drained queue), and the kind they count as."""
+HOST_STATE_OPS = {"aten::_fused_adam_", "aten::_fused_adamw_"}
+"""Operators whose CPU kernels read a CPU scalar of their own (the optimiser's step count): not a wait for a device
+(on CUDA the fused kernels keep the step on the device and read it there), so reads inside them do not count."""
+Phase = Literal["latent", "decoded"]
 PHASES = ("data", "forward", "occupancy", "loss", "backward", "optimizer", "callbacks", "other")
 
 
@@ -124,26 +128,45 @@ def count_ops(events) -> Dict[str, object]:
     """Top-level and all ``aten::`` operators, syncs by kind and the most frequent operators of profiler events."""
     aten = [e for e in events if e.name.startswith("aten::")]
     top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
-    outermost = [e for e in aten if e.name in SYNC_OPS and not _inside_sync(e)]
+    outermost = [e for e in aten if e.name in SYNC_OPS and not _inside_sync(e) and not _inside(e, HOST_STATE_OPS)]
     syncs = Counter(SYNC_OPS[e.name] for e in outermost)  # a sync op that calls another counts once
     return {"top_level": len(top), "all": len(aten), "syncs": dict(syncs), "top": Counter(e.name for e in top)}
 
 
 def _inside_sync(event) -> bool:
     """Whether a caller of ``event`` (any level up) is itself a host-syncing operator."""
+    return _inside(event, SYNC_OPS)
+
+
+def _inside(event, names) -> bool:
+    """Whether a caller of ``event`` (any level up) is one of the operators ``names``."""
     parent = event.cpu_parent
     while parent is not None:
-        if parent.name in SYNC_OPS:
+        if parent.name in names:
             return True
         parent = parent.cpu_parent
     return False
 
 
-def profile_method(method: MethodName, data: Path, output: Path, device: str, warmup: int, steps: int) -> Dict:
-    """Warm ``method`` up for ``warmup`` steps, then measure ``steps`` steps; the per-step figures."""
+def profile_method(
+    method: MethodName,
+    data: Path,
+    output: Path,
+    device: str,
+    warmup: int,
+    steps: int,
+    phase: Phase = "latent",
+    compile_renderer: bool = False,
+) -> Dict:
+    """Warm ``method`` up for ``warmup`` steps, then measure ``steps`` steps; the per-step figures. ``phase``
+    ``"decoded"`` profiles ``3dae-latent`` in its decoded phase (RGB through the decoder from the first step);
+    ``compile_renderer`` sets the model option of that name (the compiling happens in the warm-up)."""
     if warmup < 0 or steps < 1:
         raise ValueError(f"--warmup {warmup} / --steps {steps}: warm up >= 0 steps and measure at least one")
     config = configure_defaults(method, data, output, device, warmup + steps)
+    if phase == "decoded" and method == "3dae-latent":
+        config.pipeline.model.finetune_start = 0
+    config.pipeline.model.compile_renderer = compile_renderer
     torch.manual_seed(config.machine.seed)
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
@@ -200,17 +223,20 @@ def run_step_profile(
     warmup: int = 5,
     steps: int = 5,
     log: Callable[[str], None] = print,
+    phase: Phase = "latent",
+    compile_renderer: bool = False,
 ) -> Dict:
-    """Profile each method on generated ``image_size``² cars; the JSON-ready figures."""
+    """Profile each method on generated ``image_size``² cars; the JSON-ready figures (``phase``: which phase of
+    ``3dae-latent``, see :func:`profile_method`)."""
     device = resolve_device(device)
     log(f"generating 4 scenes of {image_size}² views in {output / 'data'}")
     data = step_memory_data(output / "data", image_size)
     figures = {}
     for method in methods:
         log(f"{method}: {warmup} warm-up step(s), then {steps} profiled, method defaults, on {device}")
-        figures[method] = profile_method(method, data, output, device, warmup, steps)
+        figures[method] = profile_method(method, data, output, device, warmup, steps, phase, compile_renderer)
     return {"device": describe_device(device), "image_size": image_size, "warmup": warmup, "steps": steps,
-            "methods": figures}  # fmt: skip
+            "latent_phase": phase, "compile_renderer": compile_renderer, "methods": figures}  # fmt: skip
 
 
 def step_profile_table(result: Dict) -> str:
@@ -227,5 +253,8 @@ def step_profile_table(result: Dict) -> str:
     ]
     lines = ["| " + " | ".join(["", *methods]) + " |", "|" + "---|" * (len(methods) + 1)]
     lines += ["| " + " | ".join([label, *(fmt(result["methods"][m]) for m in methods)]) + " |" for label, fmt in rows]
-    return (f"step profile on {result['device']}, {result['image_size']}² views, {result['steps']} steps after "
-            f"{result['warmup']} warm-up\n\n") + "\n".join(lines) + "\n"  # fmt: skip
+    phase = f"3dae-latent in its {result.get('latent_phase', 'latent')} phase"
+    phase += ", compiled renderer" if result.get("compile_renderer") else ""
+    title = (f"step profile on {result['device']}, {result['image_size']}² views, {result['steps']} steps after "
+             f"{result['warmup']} warm-up, {phase}")  # fmt: skip
+    return title + "\n\n" + "\n".join(lines) + "\n"

@@ -420,6 +420,11 @@ class StepProfile:
     """Steps before the measured ones (the first steps create optimiser state and caches)."""
     steps: int = 5
     """Measured steps."""
+    latent_phase: Literal["latent", "decoded"] = "latent"
+    """The phase of 3dae-latent to profile: 'latent' (cached latents, the first quarter of the default schedule) or
+    'decoded' (RGB through the decoder, the rest)."""
+    compile_renderer: bool = False
+    """Profile with --pipeline.model.compile-renderer (the compiling happens during the warm-up steps)."""
 
     def main(self) -> None:
         from nerfstudio_3dae.bench.step_profile import run_step_profile, step_profile_table
@@ -428,7 +433,15 @@ class StepProfile:
             CONSOLE.print("[bold red]error:[/bold red] --warmup >= 0, --steps >= 1, --image-size a multiple of 8")
             sys.exit(2)
         result = run_step_profile(
-            self.output, self.image_size, self.device, self.methods, self.warmup, self.steps, log=CONSOLE.print
+            self.output,
+            self.image_size,
+            self.device,
+            self.methods,
+            self.warmup,
+            self.steps,
+            log=CONSOLE.print,
+            phase=self.latent_phase,
+            compile_renderer=self.compile_renderer,
         )
         table = step_profile_table(result)
         self.output.mkdir(parents=True, exist_ok=True)
