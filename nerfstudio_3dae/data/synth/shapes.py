@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import colorsys
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import trimesh
 
 from nerfstudio_3dae.data.synth.textures import (
+    CarBody,
     Material,
     draw_livery,
     fabric_material,
@@ -206,123 +207,292 @@ def _frame_material(rng: np.random.Generator, color: Color, origin: Sequence[flo
 # --------------------------------------------------------------------------------------------------------- car
 
 
-def _car(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
-    L = rng.uniform(3.6, 5.0)
-    p = {
-        "length": L,
-        "width": L * rng.uniform(0.38, 0.46),
-        "clearance": rng.uniform(0.14, 0.26),
-        "body_height": rng.uniform(0.45, 0.75),
-        "wheel_radius": rng.uniform(0.29, 0.40),
-        "wheel_width": rng.uniform(0.18, 0.28),
-        "wheelbase": L * rng.uniform(0.56, 0.64),
-        "wheel_shift": L * rng.uniform(-0.03, 0.03),
-        "hood": L * rng.uniform(0.18, 0.32),
-        "trunk": L * rng.uniform(0.04, 0.24),
-        "cabin_height": rng.uniform(0.38, 0.62),
-        "windshield_slope": rng.uniform(0.5, 1.4),
-        "rear_slope": rng.uniform(0.2, 1.2),
-        "cabin_width": rng.uniform(0.84, 0.96),
-        "tumblehome": rng.uniform(0.78, 0.92),
-        "paint": _pick(rng, CAR_PAINTS) if rng.random() < 0.7 else _hsv(rng, (0.0, 1.0), (0.2, 0.95), (0.2, 0.95)),
-        "glass": _jitter(rng, (0.18, 0.24, 0.30), 0.04),
-        "hub": _jitter(rng, (0.70, 0.70, 0.72), 0.1),
-        "bumpers": bool(rng.random() < 0.6),
-        "mirrors": bool(rng.random() < 0.7),
-        "spoiler": bool(rng.random() < 0.25),
-        "roof_box": bool(rng.random() < 0.2),
-    }
-    W, c, bh, r = p["width"], p["clearance"], p["body_height"], p["wheel_radius"]
-    xf, xr, z1 = L / 2, -L / 2, c + bh
-    nose, tail = 0.5 * p["hood"] * rng.uniform(0.3, 0.6), 0.3 * rng.uniform(0.2, 0.6)
-    ww = p["wheel_width"]
-    wheel_x = (p["wheelbase"] / 2 + p["wheel_shift"], -p["wheelbase"] / 2 + p["wheel_shift"])
-    centres = [[x, side * (W / 2 + 0.02 - ww / 2), r] for x in wheel_x for side in (-1.0, 1.0)]
-    dims = {
-        "length": L,
-        "width": W,
-        "clearance": c,
-        "body_height": bh,
-        "x_front": xf,
-        "hood": p["hood"],
-        "door_x": 0.5 * ((xr + p["trunk"]) + (xf - p["hood"])),
-    }
-    p["livery"] = livery = draw_livery(rng, p["paint"], dims)
-    paint = Material("paint", p["paint"], specular=0.3, shininess=60.0, reflect=0.05, params=livery)
-    dark = Material(
-        "tyre", (0.08, 0.08, 0.09), specular=0.03, params={"centres": centres, "treads": int(rng.integers(18, 36))}
-    )
-    glass = Material(
-        "glass", p["glass"], specular=0.5, shininess=80.0, reflect=0.3, params={"z0": z1, "z1": z1 + p["cabin_height"]}
-    )
-    hub = Material(
-        "rim",
-        p["hub"],
-        specular=0.4,
-        shininess=50.0,
-        reflect=0.15,
-        params={
-            "centres": centres,
-            "radius": 0.6 * r,
-            "spokes": int(rng.integers(4, 11)),
-            "spoke_cut": float(rng.uniform(-0.3, 0.5)),
-            "dark": (0.1, 0.1, 0.11),
-        },
-    )
-    head = Material(
-        "light",
-        (1.0, 0.96, 0.8),
-        emissive=True,
-        params={"y": 0.32 * W, "half_width": 0.1 * W, "housing": (0.35, 0.35, 0.36)},
-    )
-    rear = Material(
-        "light",
-        (0.9, 0.08, 0.06),
-        emissive=True,
-        params={"y": 0.34 * W, "half_width": 0.09 * W, "housing": (0.3, 0.05, 0.05)},
-    )
-    grille = Material("grille", (0.12, 0.12, 0.13), params={"frequency": float(rng.uniform(60.0, 140.0))})
-    trim = Material("plain", (0.2, 0.2, 0.21), specular=0.1)
+@dataclass(frozen=True)
+class CarDesign:
+    """The drawn parameters of one car, in build units (metres; +X forward, +Y left, ground at z = 0): they go into
+    the scene's provenance as they are."""
+
+    length: float
+    width: float
+    clearance: float
+    """Height of the body's underside above the ground."""
+    body_height: float
+    wheel_radius: float
+    wheel_width: float
+    wheelbase: float
+    wheel_shift: float
+    """How far (+X: forward) the axles sit off the middle of the body."""
+    hood: float
+    """Length of the hood: from the front end to the foot of the windshield."""
+    trunk: float
+    """Length of the trunk: from the rear end to the foot of the rear window."""
+    cabin_height: float
+    windshield_slope: float
+    """Run of the windshield per unit of rise."""
+    rear_slope: float
+    """Run of the rear window per unit of rise."""
+    cabin_width: float
+    """The cabin's width as a fraction of the body's."""
+    tumblehome: float
+    """The cabin's width at the roof as a fraction of its width at the bottom."""
+    paint: Color
+    glass: Color
+    hub: Color
+    bumpers: bool
+    mirrors: bool
+    spoiler: bool
+    roof_box: bool
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> CarDesign:
+        length = rng.uniform(3.6, 5.0)
+        return cls(  # keyword arguments are evaluated in the order written: the draws keep their order
+            length=length,
+            width=length * rng.uniform(0.38, 0.46),
+            clearance=rng.uniform(0.14, 0.26),
+            body_height=rng.uniform(0.45, 0.75),
+            wheel_radius=rng.uniform(0.29, 0.40),
+            wheel_width=rng.uniform(0.18, 0.28),
+            wheelbase=length * rng.uniform(0.56, 0.64),
+            wheel_shift=length * rng.uniform(-0.03, 0.03),
+            hood=length * rng.uniform(0.18, 0.32),
+            trunk=length * rng.uniform(0.04, 0.24),
+            cabin_height=rng.uniform(0.38, 0.62),
+            windshield_slope=rng.uniform(0.5, 1.4),
+            rear_slope=rng.uniform(0.2, 1.2),
+            cabin_width=rng.uniform(0.84, 0.96),
+            tumblehome=rng.uniform(0.78, 0.92),
+            paint=_pick(rng, CAR_PAINTS) if rng.random() < 0.7 else _hsv(rng, (0.0, 1.0), (0.2, 0.95), (0.2, 0.95)),
+            glass=_jitter(rng, (0.18, 0.24, 0.30), 0.04),
+            hub=_jitter(rng, (0.70, 0.70, 0.72), 0.1),
+            bumpers=bool(rng.random() < 0.6),
+            mirrors=bool(rng.random() < 0.7),
+            spoiler=bool(rng.random() < 0.25),
+            roof_box=bool(rng.random() < 0.2),
+        )
+
+
+@dataclass(frozen=True)
+class _CarLayout:
+    """Where a car's parts go, derived from its :class:`CarDesign` (build units)."""
+
+    x_front: float
+    x_rear: float
+    belt: float
+    """Height of the top of the body, where the cabin starts."""
+    nose: float
+    """How far behind the front end the hood's top edge starts (the slope of the nose)."""
+    tail: float
+    """How far ahead of the rear end the trunk's top edge starts."""
+    wheel_xs: Tuple[float, float]
+    """x of the front and the rear axle."""
+    wheel_centres: List[List[float]]
+    """[4] (x, y, z) of the wheels' centres: front left, front right, rear left, rear right."""
+    cabin_rear: float
+    """x of the rear edge of the cabin's bottom (the foot of the rear window)."""
+    cabin_front: float
+    """x of the front edge of the cabin's bottom (the foot of the windshield)."""
+    roof_rear: float
+    """x of the rear edge of the cabin's top."""
+    roof_front: float
+    """x of the front edge of the cabin's top."""
+    cabin_half_width: float
+    roof_z: float
+    """Height of the cabin's top."""
+
+    @classmethod
+    def of(cls, car: CarDesign, rng: np.random.Generator) -> _CarLayout:
+        """The layout of ``car``; draws the shape of its nose and tail from ``rng``."""
+        x_front, x_rear, belt = car.length / 2, -car.length / 2, car.clearance + car.body_height
+        nose, tail = 0.5 * car.hood * rng.uniform(0.3, 0.6), 0.3 * rng.uniform(0.2, 0.6)
+        wheel_xs = (car.wheelbase / 2 + car.wheel_shift, -car.wheelbase / 2 + car.wheel_shift)
+        wheel_y = car.width / 2 + 0.02 - car.wheel_width / 2
+        centres = [[x, side * wheel_y, car.wheel_radius] for x in wheel_xs for side in (-1.0, 1.0)]
+        cabin_rear, cabin_front = x_rear + car.trunk, x_front - car.hood
+        roof_rear = cabin_rear + car.rear_slope * car.cabin_height
+        roof_front = max(
+            cabin_front - car.windshield_slope * car.cabin_height, roof_rear + 0.25 * (cabin_front - cabin_rear)
+        )
+        return cls(
+            x_front=x_front,
+            x_rear=x_rear,
+            belt=belt,
+            nose=nose,
+            tail=tail,
+            wheel_xs=wheel_xs,
+            wheel_centres=centres,
+            cabin_rear=cabin_rear,
+            cabin_front=cabin_front,
+            roof_rear=roof_rear,
+            roof_front=roof_front,
+            cabin_half_width=car.cabin_width * car.width / 2,
+            roof_z=belt + car.cabin_height,
+        )
+
+
+@dataclass(frozen=True)
+class _CarLooks:
+    """The materials of a car's parts."""
+
+    paint: Material
+    tyre: Material
+    glass: Material
+    rim: Material
+    headlight: Material
+    taillight: Material
+    grille: Material
+    trim: Material
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, car: CarDesign, layout: _CarLayout) -> _CarLooks:
+        """The materials of ``car``: its livery, tyre tread, rim spokes and grille slats drawn from ``rng``."""
+        body = CarBody(
+            length=car.length,
+            width=car.width,
+            clearance=car.clearance,
+            body_height=car.body_height,
+            x_front=layout.x_front,
+            hood=car.hood,
+            door_x=0.5 * (layout.cabin_rear + layout.cabin_front),
+        )
+        livery = draw_livery(rng, car.paint, body)
+        paint = Material("paint", car.paint, specular=0.3, shininess=60.0, reflect=0.05, params=livery)
+        treads = int(rng.integers(18, 36))
+        tyre = Material(
+            "tyre", (0.08, 0.08, 0.09), specular=0.03, params={"centres": layout.wheel_centres, "treads": treads}
+        )
+        glass = Material(
+            "glass",
+            car.glass,
+            specular=0.5,
+            shininess=80.0,
+            reflect=0.3,
+            params={"z0": layout.belt, "z1": layout.belt + car.cabin_height},
+        )
+        rim = Material(
+            "rim",
+            car.hub,
+            specular=0.4,
+            shininess=50.0,
+            reflect=0.15,
+            params={
+                "centres": layout.wheel_centres,
+                "radius": 0.6 * car.wheel_radius,
+                "spokes": int(rng.integers(4, 11)),
+                "spoke_cut": float(rng.uniform(-0.3, 0.5)),
+                "dark": (0.1, 0.1, 0.11),
+            },
+        )
+        width = car.width
+        headlight = Material(
+            "light",
+            (1.0, 0.96, 0.8),
+            emissive=True,
+            params={"y": 0.32 * width, "half_width": 0.1 * width, "housing": (0.35, 0.35, 0.36)},
+        )
+        taillight = Material(
+            "light",
+            (0.9, 0.08, 0.06),
+            emissive=True,
+            params={"y": 0.34 * width, "half_width": 0.09 * width, "housing": (0.3, 0.05, 0.05)},
+        )
+        grille = Material("grille", (0.12, 0.12, 0.13), params={"frequency": float(rng.uniform(60.0, 140.0))})
+        trim = Material("plain", (0.2, 0.2, 0.21), specular=0.1)
+        return cls(paint, tyre, glass, rim, headlight, taillight, grille, trim)
+
+
+def _add_car_body_and_cabin(parts: _Parts, car: CarDesign, at: _CarLayout, looks: _CarLooks) -> None:
+    """The painted body (a side profile with a sloped nose and tail), the glass cabin and its painted roof slab."""
+    bottom, height, half_width = car.clearance, car.body_height, car.width / 2
     body = np.array(
-        [[xr + 0.15, c], [xf - 0.2, c], [xf, c + 0.4 * bh], [xf - nose, z1], [xr + tail, z1], [xr, c + 0.5 * bh]]
+        [
+            [at.x_rear + 0.15, bottom],
+            [at.x_front - 0.2, bottom],
+            [at.x_front, bottom + 0.4 * height],
+            [at.x_front - at.nose, at.belt],
+            [at.x_rear + at.tail, at.belt],
+            [at.x_rear, bottom + 0.5 * height],
+        ]
     )
-    parts.add(side_profile(body, W / 2, W / 2 * 0.97), paint)
-    # Cabin: glass trapezoid with a painted roof slab.
-    ch = p["cabin_height"]
-    cb_r, cb_f = xr + p["trunk"], xf - p["hood"]
-    ct_r = cb_r + p["rear_slope"] * ch
-    ct_f = max(cb_f - p["windshield_slope"] * ch, ct_r + 0.25 * (cb_f - cb_r))
-    cw = p["cabin_width"] * W / 2
-    cabin = np.array([[cb_r, z1 - 0.02], [cb_f, z1 - 0.02], [ct_f, z1 + ch], [ct_r, z1 + ch]])
-    parts.add(side_profile(cabin, cw, cw * p["tumblehome"]), glass)
-    zr = z1 + ch
-    roof = np.array([[ct_r - 0.03, zr - 0.01], [ct_f + 0.03, zr - 0.01], [ct_f, zr + 0.05], [ct_r, zr + 0.05]])
-    parts.add(side_profile(roof, cw * p["tumblehome"] + 0.01, cw * p["tumblehome"]), paint)
-    # Wheels with hub caps.
-    for x in wheel_x:
+    parts.add(side_profile(body, half_width, half_width * 0.97), looks.paint)
+    cabin = np.array(
+        [
+            [at.cabin_rear, at.belt - 0.02],
+            [at.cabin_front, at.belt - 0.02],
+            [at.roof_front, at.roof_z],
+            [at.roof_rear, at.roof_z],
+        ]
+    )
+    roof_half_width = at.cabin_half_width * car.tumblehome
+    parts.add(side_profile(cabin, at.cabin_half_width, roof_half_width), looks.glass)
+    roof = np.array(
+        [
+            [at.roof_rear - 0.03, at.roof_z - 0.01],
+            [at.roof_front + 0.03, at.roof_z - 0.01],
+            [at.roof_front, at.roof_z + 0.05],
+            [at.roof_rear, at.roof_z + 0.05],
+        ]
+    )
+    parts.add(side_profile(roof, roof_half_width + 0.01, roof_half_width), looks.paint)
+
+
+def _add_car_wheels(parts: _Parts, car: CarDesign, at: _CarLayout, looks: _CarLooks) -> None:
+    """Four tyres with a hub cap on the outer side of each."""
+    radius = car.wheel_radius
+    for x in at.wheel_xs:
         for side in (-1.0, 1.0):
-            y_out = side * (W / 2 + 0.02)
-            parts.add(cylinder((x, y_out - side * ww, r), (x, y_out, r), r), dark)
-            parts.add(cylinder((x, y_out - side * 0.01, r), (x, y_out + side * 0.015, r), 0.6 * r), hub)
-    # Lights, grille, optional bumpers.
+            y_out = side * (car.width / 2 + 0.02)
+            parts.add(cylinder((x, y_out - side * car.wheel_width, radius), (x, y_out, radius), radius), looks.tyre)
+            hub_cap = cylinder((x, y_out - side * 0.01, radius), (x, y_out + side * 0.015, radius), 0.6 * radius)
+            parts.add(hub_cap, looks.rim)
+
+
+def _add_car_lights_and_grille(parts: _Parts, car: CarDesign, at: _CarLayout, looks: _CarLooks) -> None:
+    """Head and tail lights on both sides and the grille between the headlights."""
+    bottom, height, width = car.clearance, car.body_height, car.width
     for side in (-1.0, 1.0):
-        parts.add(box((xf - 0.03, side * 0.32 * W, c + 0.3 * bh), (0.08, 0.2 * W, 0.12 * bh)), head)
-        parts.add(box((xr + 0.03, side * 0.34 * W, c + 0.38 * bh), (0.08, 0.18 * W, 0.1 * bh)), rear)
-    parts.add(box((xf - 0.03, 0.0, c + 0.26 * bh), (0.07, 0.3 * W, 0.12 * bh)), grille)
-    if p["bumpers"]:
-        for x in (xf - 0.05, xr + 0.05):
-            parts.add(box((x, 0.0, c + 0.08 * bh), (0.16, 0.98 * W, 0.12 * bh)), trim)
-    if p["mirrors"]:
+        headlight = box(
+            (at.x_front - 0.03, side * 0.32 * width, bottom + 0.3 * height), (0.08, 0.2 * width, 0.12 * height)
+        )
+        parts.add(headlight, looks.headlight)
+        taillight = box(
+            (at.x_rear + 0.03, side * 0.34 * width, bottom + 0.38 * height), (0.08, 0.18 * width, 0.1 * height)
+        )
+        parts.add(taillight, looks.taillight)
+    parts.add(box((at.x_front - 0.03, 0.0, bottom + 0.26 * height), (0.07, 0.3 * width, 0.12 * height)), looks.grille)
+
+
+def _add_car_options(parts: _Parts, car: CarDesign, at: _CarLayout, looks: _CarLooks) -> None:
+    """The parts a car may or may not have: bumpers, mirrors, a rear spoiler and a roof box."""
+    bottom, height, width = car.clearance, car.body_height, car.width
+    if car.bumpers:
+        for x in (at.x_front - 0.05, at.x_rear + 0.05):
+            parts.add(box((x, 0.0, bottom + 0.08 * height), (0.16, 0.98 * width, 0.12 * height)), looks.trim)
+    if car.mirrors:
         for side in (-1.0, 1.0):
-            parts.add(box((cb_f - 0.1, side * (cw + 0.07), z1 + 0.08), (0.1, 0.14, 0.08)), paint)
-    if p["spoiler"]:
-        xs = xr + max(tail, 0.12) + 0.05
+            mirror = box((at.cabin_front - 0.1, side * (at.cabin_half_width + 0.07), at.belt + 0.08), (0.1, 0.14, 0.08))
+            parts.add(mirror, looks.paint)
+    if car.spoiler:
+        x = at.x_rear + max(at.tail, 0.12) + 0.05
         for side in (-1.0, 1.0):
-            parts.add(box((xs, side * 0.3 * W, z1 + 0.06), (0.05, 0.04, 0.14)), trim)
-        parts.add(box((xs, 0.0, z1 + 0.14), (0.22, 0.9 * W, 0.035)), paint)
-    if p["roof_box"]:
-        parts.add(box(((ct_r + ct_f) / 2, 0.0, z1 + ch + 0.12), (0.7 * (ct_f - ct_r), 0.55 * W, 0.14)), (0.1, 0.1, 0.1))
-    return p
+            parts.add(box((x, side * 0.3 * width, at.belt + 0.06), (0.05, 0.04, 0.14)), looks.trim)
+        parts.add(box((x, 0.0, at.belt + 0.14), (0.22, 0.9 * width, 0.035)), looks.paint)
+    if car.roof_box:
+        centre = ((at.roof_rear + at.roof_front) / 2, 0.0, at.roof_z + 0.12)
+        parts.add(box(centre, (0.7 * (at.roof_front - at.roof_rear), 0.55 * width, 0.14)), (0.1, 0.1, 0.1))
+
+
+def _car(rng: np.random.Generator, parts: _Parts) -> Dict[str, object]:
+    """A car: its design, then the layout and materials that follow from it (all draws in this order), then its
+    parts; returns the design as the scene's parameters."""
+    car = CarDesign.draw(rng)
+    layout = _CarLayout.of(car, rng)
+    looks = _CarLooks.draw(rng, car, layout)
+    _add_car_body_and_cabin(parts, car, layout, looks)
+    _add_car_wheels(parts, car, layout, looks)
+    _add_car_lights_and_grille(parts, car, layout, looks)
+    _add_car_options(parts, car, layout, looks)
+    return asdict(car)
 
 
 # ------------------------------------------------------------------------------------------------------- chair
@@ -471,11 +641,14 @@ def build_object(
     verts = verts - centre
     scale = min(extent / float((hi - lo).max()), max_radius / float(np.linalg.norm(verts, axis=1).max()))
     verts = verts * scale
-    assert np.all(np.abs(verts) <= 1.0), "a generated object left [-1, 1]^3"
+    if not np.all(np.abs(verts) <= 1.0):  # extent < 2 rules it out: a builder or the normalisation is broken
+        raise RuntimeError(
+            f"a generated {category} left [-1, 1]^3 (largest coordinate {float(np.abs(verts).max()):.4f}) after "
+            f"normalising to extent {extent} and max_radius {max_radius}"
+        )
     rgba = np.concatenate([np.round(colors * 255), np.full((len(faces), 1), 255.0)], 1).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, face_colors=rgba, process=False)
     # Builders draw plain Python numbers; the JSON round trip turns tuples into lists and proves it serialises.
-    params = {k: v for k, v in params.items() if k != "livery"}
     params = {
         "category": category,
         **json.loads(json.dumps(params)),

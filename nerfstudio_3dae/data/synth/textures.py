@@ -16,8 +16,8 @@ Everything is drawn from the scene's random generator, nothing is read from a da
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from dataclasses import dataclass, field, fields
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -104,8 +104,8 @@ class Material:
     """Weight of the reflected sky gradient (glass, chrome)."""
     emissive: bool = False
     """Lights: the albedo is the output colour, unshaded."""
-    params: Dict[str, object] = field(default_factory=dict)
-    """Pattern parameters (JSON-friendly), in build units."""
+    params: Union[Dict[str, object], Livery] = field(default_factory=dict)
+    """Pattern parameters in build units: JSON-friendly values, or for ``paint`` the car's :class:`Livery`."""
 
     def evaluate(self, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
         """Albedo of hit points.
@@ -128,6 +128,8 @@ class Material:
 
 def _jsonable(value):
     """Plain Python numbers, lists and dicts; numpy arrays are dropped from dicts."""
+    if isinstance(value, Livery):
+        return _jsonable(value.as_dict())
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items() if not isinstance(v, np.ndarray)}
     if isinstance(value, (list, tuple)):
@@ -141,48 +143,50 @@ def _jsonable(value):
 
 
 def _paint(m: Material, base: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
-    q = m.params
+    livery = m.params
+    if not isinstance(livery, Livery):
+        raise TypeError(f"a paint material needs a Livery as its params, got {type(livery).__name__}")
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
     side = np.abs(n[:, 1]) > 0.6
     top = n[:, 2] > 0.5
     out = base
-    if "gradient" in q:
-        g = q["gradient"]
-        t = np.clip((x - g["x0"]) / (g["x1"] - g["x0"]), 0.0, 1.0)
-        out = _mix(out, g["color"], t)
-    if "two_tone" in q:
-        t2 = q["two_tone"]
-        out = np.where(((z < t2["z"]) if t2["below"] else (z > t2["z"]))[:, None], np.asarray(t2["color"]), out)
-    if "checkers" in q:
-        c = q["checkers"]
-        region = top & (x > c["x0"])
-        cell = (np.floor(x / c["size"]) + np.floor(y / c["size"])) % 2 == 0
-        out = np.where((region & cell)[:, None], np.asarray(c["color"]), out)
-    if "stripes" in q:
-        s = q["stripes"]
+    if livery.gradient is not None:
+        g = livery.gradient
+        t = np.clip((x - g.x0) / (g.x1 - g.x0), 0.0, 1.0)
+        out = _mix(out, g.color, t)
+    if livery.two_tone is not None:
+        t2 = livery.two_tone
+        out = np.where(((z < t2.z) if t2.below else (z > t2.z))[:, None], np.asarray(t2.color), out)
+    if livery.checkers is not None:
+        c = livery.checkers
+        region = top & (x > c.x0)
+        cell = (np.floor(x / c.size) + np.floor(y / c.size)) % 2 == 0
+        out = np.where((region & cell)[:, None], np.asarray(c.color), out)
+    if livery.stripes is not None:
+        s = livery.stripes
         ay = np.abs(y)
-        on = (np.abs(ay - s["offset"]) < s["width"] / 2) & ~side
-        out = np.where(on[:, None], np.asarray(s["color"]), out)
-    if "band" in q:
-        b = q["band"]
-        on = side & (z > b["z0"]) & (z < b["z1"])
-        out = np.where(on[:, None], np.asarray(b["color"]), out)
-    if "number" in q:
-        d = q["number"]
-        u = np.where(n[:, 1] > 0, x - d["x"], d["x"] - x)  # read left to right from outside on both sides
-        r = np.hypot(u, z - d["z"])
-        disc = side & (r < d["radius"])
-        out = np.where(disc[:, None], np.asarray(d["disc_color"]), out)
-        cell = d["radius"] * 1.1 / 5.0
-        width = (4 * len(d["digits"]) - 1) * cell
-        ink = disc & _glyph_ink(DIGIT_BITMAPS[d["digits"]], (u + width / 2) / cell, (d["z"] + 2.5 * cell - z) / cell)
-        out = np.where(ink[:, None], np.asarray(d["ink_color"]), out)
-    if "text" in q:
-        t = q["text"]
-        u = np.where(n[:, 1] > 0, x - t["x"], t["x"] - x)
-        ink = side & _glyph_ink(t["glyphs"], u / t["cell"], (t["z"] - z) / t["cell"])
-        out = np.where(ink[:, None], np.asarray(t["color"]), out)
-    return out * (1.0 + 0.05 * smooth_noise(p, q["waves"]))[:, None]
+        on = (np.abs(ay - s.offset) < s.width / 2) & ~side
+        out = np.where(on[:, None], np.asarray(s.color), out)
+    if livery.band is not None:
+        b = livery.band
+        on = side & (z > b.z0) & (z < b.z1)
+        out = np.where(on[:, None], np.asarray(b.color), out)
+    if livery.number is not None:
+        d = livery.number
+        u = np.where(n[:, 1] > 0, x - d.x, d.x - x)  # read left to right from outside on both sides
+        r = np.hypot(u, z - d.z)
+        disc = side & (r < d.radius)
+        out = np.where(disc[:, None], np.asarray(d.disc_color), out)
+        cell = d.radius * 1.1 / 5.0
+        width = (4 * len(d.digits) - 1) * cell
+        ink = disc & _glyph_ink(DIGIT_BITMAPS[d.digits], (u + width / 2) / cell, (d.z + 2.5 * cell - z) / cell)
+        out = np.where(ink[:, None], np.asarray(d.ink_color), out)
+    if livery.text is not None:
+        t = livery.text
+        u = np.where(n[:, 1] > 0, x - t.x, t.x - x)
+        ink = side & _glyph_ink(t.glyphs, u / t.cell, (t.z - z) / t.cell)
+        out = np.where(ink[:, None], np.asarray(t.color), out)
+    return out * (1.0 + 0.05 * smooth_noise(p, livery.waves))[:, None]
 
 
 def _glass(m: Material, base: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -191,9 +195,15 @@ def _glass(m: Material, base: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.nd
     return base * (0.75 + 0.45 * t)[:, None]
 
 
+def _nearest_wheel_centre(m: Material, p: np.ndarray) -> np.ndarray:
+    """[N, 3] the centre (of ``m.params["centres"]``, [4, 3]) of the wheel each point [N, 3] belongs to: the nearest
+    one in the side view (x, z)."""
+    centres = np.asarray(m.params["centres"])
+    return centres[np.argmin(((p[:, None, [0, 2]] - centres[None, :, [0, 2]]) ** 2).sum(-1), axis=1)]
+
+
 def _tyre(m: Material, base: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
-    centres = np.asarray(m.params["centres"])  # [4, 3]
-    c = centres[np.argmin(((p[:, None, [0, 2]] - centres[None, :, [0, 2]]) ** 2).sum(-1), axis=1)]
+    c = _nearest_wheel_centre(m, p)
     ang = np.arctan2(p[:, 2] - c[:, 2], p[:, 0] - c[:, 0])
     rim = np.abs(n[:, 1]) < 0.5  # the rolling surface
     tread = rim & (np.sin(ang * m.params["treads"]) > 0.3)
@@ -201,8 +211,7 @@ def _tyre(m: Material, base: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.nda
 
 
 def _rim(m: Material, base: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
-    centres = np.asarray(m.params["centres"])
-    c = centres[np.argmin(((p[:, None, [0, 2]] - centres[None, :, [0, 2]]) ** 2).sum(-1), axis=1)]
+    c = _nearest_wheel_centre(m, p)
     dx, dz = p[:, 0] - c[:, 0], p[:, 2] - c[:, 2]
     r = np.hypot(dx, dz) / m.params["radius"]
     spoke = np.cos(np.arctan2(dz, dx) * m.params["spokes"]) > m.params["spoke_cut"]
@@ -264,60 +273,165 @@ _PATTERNS = {
 # ------------------------------------------------------------------------------------------------- drawing
 
 
-def draw_livery(rng: np.random.Generator, paint: Color, dims: Dict[str, float]) -> Dict[str, object]:
-    """Random livery parameters for car paint; ``dims`` gives the body's build-unit sizes.
+@dataclass(frozen=True)
+class CarBody:
+    """The build-unit sizes of a car body that place its livery."""
 
-    Keys of ``dims``: ``length``, ``width``, ``clearance``, ``body_height``, ``x_front``, ``hood``, ``door_x``.
-    """
-    L, W, c, bh = dims["length"], dims["width"], dims["clearance"], dims["body_height"]
-    q: Dict[str, object] = {"waves": random_waves(rng, 4, (1.0, 4.0))}
+    length: float
+    width: float
+    clearance: float
+    """Height of the body's underside above the ground."""
+    body_height: float
+    x_front: float
+    """x of the front end (the car points along +X)."""
+    hood: float
+    """Length of the hood, back from ``x_front``."""
+    door_x: float
+    """x of the middle of the doors (where the race number goes)."""
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """The paint blends into ``color`` from ``x0`` to ``x1`` along the body."""
+
+    x0: float
+    x1: float
+    color: Color
+
+
+@dataclass(frozen=True)
+class TwoTone:
+    """Everything below (or above) height ``z`` in ``color``."""
+
+    z: float
+    below: bool
+    color: Color
+
+
+@dataclass(frozen=True)
+class Checkers:
+    """A chequered hood: squares of ``size`` on the upward faces in front of ``x0``."""
+
+    x0: float
+    size: float
+    color: Color
+
+
+@dataclass(frozen=True)
+class Stripes:
+    """Racing stripes along the car on the faces that are not sides: centred ``offset`` off the middle."""
+
+    offset: float
+    width: float
+    color: Color
+
+
+@dataclass(frozen=True)
+class Band:
+    """A band along both sides between heights ``z0`` and ``z1``."""
+
+    z0: float
+    z1: float
+    color: Color
+
+
+@dataclass(frozen=True)
+class RaceNumber:
+    """A number (``digits``) in a disc on both doors, centred at (``x``, ``z``)."""
+
+    x: float
+    z: float
+    radius: float
+    digits: List[int]
+    disc_color: Color
+    ink_color: Color
+
+
+@dataclass(frozen=True)
+class Lettering:
+    """A row of text-like ``glyphs`` ([G, 5, 3] bool bitmaps) of ``cell``-sized pixels on both sides."""
+
+    x: float
+    z: float
+    cell: float
+    glyphs: np.ndarray
+    color: Color
+
+
+@dataclass(frozen=True, eq=False)
+class Livery:
+    """The decoration of one car's paint: a faint colour variation (``waves``) and the features drawn for it (None:
+    not drawn). Iterating gives the names of what it holds, as :meth:`as_dict` (the provenance) lists them."""
+
+    waves: np.ndarray
+    """[K, 5] the plane waves (:func:`smooth_noise`) of the low-frequency colour variation."""
+    gradient: Optional[Gradient] = None
+    two_tone: Optional[TwoTone] = None
+    checkers: Optional[Checkers] = None
+    stripes: Optional[Stripes] = None
+    band: Optional[Band] = None
+    number: Optional[RaceNumber] = None
+    text: Optional[Lettering] = None
+
+    def as_dict(self) -> Dict[str, object]:
+        """``{name: value}`` of ``waves`` and each drawn feature (a dict of its fields), in drawing order."""
+        out: Dict[str, object] = {}
+        for name in self:
+            value = getattr(self, name)
+            out[name] = value if name == "waves" else {f.name: getattr(value, f.name) for f in fields(value)}
+        return out
+
+    def __iter__(self) -> Iterator[str]:
+        return (f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+
+def draw_livery(rng: np.random.Generator, paint: Color, body: CarBody) -> Livery:
+    """A random livery for car ``paint`` on a body of the sizes ``body``."""
+    length, width, bottom, height = body.length, body.width, body.clearance, body.body_height
+    waves = random_waves(rng, 4, (1.0, 4.0))
+    gradient = two_tone = checkers = stripes = band = number = text = None
     if rng.random() < 0.25:
         other = _rotate_hue(rng, paint)
-        q["gradient"] = (
-            {"x0": -L / 2, "x1": L / 2, "color": other}
-            if rng.random() < 0.5
-            else {"x0": L / 2, "x1": -L / 2, "color": other}
-        )
+        if rng.random() < 0.5:
+            gradient = Gradient(x0=-length / 2, x1=length / 2, color=other)
+        else:
+            gradient = Gradient(x0=length / 2, x1=-length / 2, color=other)
     if rng.random() < 0.35:
         below = bool(rng.random() < 0.6)
-        z = c + bh * (rng.uniform(0.3, 0.55) if below else rng.uniform(0.85, 1.05))
-        q["two_tone"] = {"z": z, "below": below, "color": contrast(rng, paint)}
+        z = bottom + height * (rng.uniform(0.3, 0.55) if below else rng.uniform(0.85, 1.05))
+        two_tone = TwoTone(z=z, below=below, color=contrast(rng, paint))
     if rng.random() < 0.12:
-        q["checkers"] = {
-            "x0": dims["x_front"] - dims["hood"],
-            "size": rng.uniform(0.08, 0.16),
-            "color": contrast(rng, paint),
-        }
+        checkers = Checkers(x0=body.x_front - body.hood, size=rng.uniform(0.08, 0.16), color=contrast(rng, paint))
     if rng.random() < 0.3:
-        q["stripes"] = {
-            "offset": rng.choice([0.0, rng.uniform(0.08, 0.2) * W]),
-            "width": rng.uniform(0.08, 0.16) * W,
-            "color": contrast(rng, paint),
-        }
+        stripes = Stripes(
+            offset=rng.choice([0.0, rng.uniform(0.08, 0.2) * width]),
+            width=rng.uniform(0.08, 0.16) * width,
+            color=contrast(rng, paint),
+        )
     if rng.random() < 0.3:
-        z0 = c + bh * rng.uniform(0.35, 0.7)
-        q["band"] = {"z0": z0, "z1": z0 + bh * rng.uniform(0.06, 0.18), "color": contrast(rng, paint)}
+        z0 = bottom + height * rng.uniform(0.35, 0.7)
+        band = Band(z0=z0, z1=z0 + height * rng.uniform(0.06, 0.18), color=contrast(rng, paint))
     if rng.random() < 0.4:
         disc = contrast(rng, paint)
-        q["number"] = {
-            "x": dims["door_x"],
-            "z": c + 0.55 * bh,
-            "radius": bh * rng.uniform(0.28, 0.4),
-            "digits": [int(d) for d in rng.integers(0, 10, int(rng.integers(1, 3)))],
-            "disc_color": disc,
-            "ink_color": contrast(rng, disc),
-        }
+        number = RaceNumber(
+            x=body.door_x,
+            z=bottom + 0.55 * height,
+            radius=height * rng.uniform(0.28, 0.4),
+            digits=[int(d) for d in rng.integers(0, 10, int(rng.integers(1, 3)))],
+            disc_color=disc,
+            ink_color=contrast(rng, disc),
+        )
     if rng.random() < 0.35:
-        cell = bh * rng.uniform(0.045, 0.08)
+        cell = height * rng.uniform(0.045, 0.08)
         count = int(rng.integers(4, 9))
-        q["text"] = {
-            "x": -L * rng.uniform(0.1, 0.35),
-            "z": c + bh * rng.uniform(0.25, 0.45),
-            "cell": cell,
-            "glyphs": rng.random((count, 5, 3)) < 0.55,
-            "color": contrast(rng, paint),
-        }
-    return q
+        text = Lettering(
+            x=-length * rng.uniform(0.1, 0.35),
+            z=bottom + height * rng.uniform(0.25, 0.45),
+            cell=cell,
+            glyphs=rng.random((count, 5, 3)) < 0.55,
+            color=contrast(rng, paint),
+        )
+    return Livery(waves, gradient, two_tone, checkers, stripes, band, number, text)
 
 
 def _rotate_hue(rng: np.random.Generator, color: Color) -> Color:
