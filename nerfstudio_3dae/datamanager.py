@@ -11,6 +11,7 @@ are made float there; from CPU memory to a GPU through pinned memory, without bl
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -63,9 +64,14 @@ class MultiSceneDatamanagerConfig(FullImageDatamanagerConfig):
     dataparser: AnnotatedDataParserUnion = field(default_factory=ScenesDataParserConfig)
     """The multi-scene dataparser: the ``3dae-scenes`` subcommand of ns-train, as stock methods take theirs
     (``ns-train 3dae-latent --data DIR 3dae-scenes --scenes 0:500``); the 3dae models need this one."""
-    scenes_per_step: int = 4
+    scenes_per_step: int = 0
     """Scenes in one training batch (fewer if the selection has fewer scenes); per process in a multi-process run,
-    where each process draws from the scenes it owns."""
+    where each process draws from the scenes it owns. 0: chosen for the device (:func:`auto_scenes_per_step`): 4 on
+    the CPU; on a GPU enough for about ``rays_per_step`` rendered rays a step (a 128² view is 256 rays in latent space,
+    16384 in RGB: 128 scenes of 2 views a step for 3dae-latent, 2 for 3dae-rgb)."""
+    rays_per_step: int = 2**16
+    """Rendered rays a step aims at on a GPU when ``scenes_per_step`` is 0 (a GPU runs a small step in the time of a
+    large one: the step's cost is launches, not arithmetic, until it is this large)."""
     views_per_scene: int = 2
     """Views of each of those scenes in one training batch."""
     latent_cache_dir: Optional[Path] = None
@@ -77,6 +83,17 @@ class MultiSceneDatamanagerConfig(FullImageDatamanagerConfig):
     """Where the uint8 images live."""
     seed: int = 0
     """Seed of the scene/view sampler (the test views drawn for single-image evaluation have their own generator)."""
+
+
+def auto_scenes_per_step(
+    device: torch.device | str, rays_per_view: int, views_per_scene: int, rays_per_step: int, scenes: int
+) -> int:
+    """The scenes of a training batch for ``scenes_per_step`` 0: 4 on the CPU (its arithmetic is the cost); on CUDA
+    as many as render about ``rays_per_step`` rays (``rays_per_view`` at the model's rendered resolution), at least
+    1; never more than the ``scenes`` there are."""
+    if torch.device(device).type != "cuda":
+        return max(1, min(4, scenes))
+    return max(1, min(scenes, rays_per_step // max(1, rays_per_view * views_per_scene)))
 
 
 class MultiSceneDatamanager(FullImageDatamanager):
@@ -102,6 +119,9 @@ class MultiSceneDatamanager(FullImageDatamanager):
         self._eval_rng = random.Random(f"{config.seed}/eval")
         """Draws the single test views: how often a run evaluates never changes its training batches."""
         self._scene_queue: List[int] = []
+        self.scenes_per_step: int = self.config.scenes_per_step or 4
+        """Scenes of a training batch: the configured number, or the device's choice once :meth:`fit_batch` knows
+        the model's rendered resolution."""
         self.train_latents: Optional[Tensor] = None  # [n, c, h, w]
         self.eval_latents: Optional[Tensor] = None  # [m, c, h, w]
 
@@ -163,7 +183,9 @@ class MultiSceneDatamanager(FullImageDatamanager):
         """Each split's cameras on the training device, moved once (a batch indexes them there)."""
         return {"train": self.train_dataset.cameras.to(self.device), "eval": self.eval_dataset.cameras.to(self.device)}
 
-    def _batch(self, split: str, indices: Union[Sequence[int], Tensor]) -> Tuple[Cameras, Dict[str, Tensor]]:
+    def views(
+        self, split: Literal["train", "eval"], indices: Union[Sequence[int], Tensor]
+    ) -> Tuple[Cameras, Dict[str, Tensor]]:
         """The views ``indices`` of a split: cameras carrying their :class:`~nerfstudio_3dae.rays.BatchLayout` (what
         the model must know on the host: image size, scene ids, pinhole or not), and their images (and latents).
         Nothing is read back from the device."""
@@ -197,13 +219,30 @@ class MultiSceneDatamanager(FullImageDatamanager):
                 chosen.append(scene)
         return chosen
 
+    def fit_batch(self, downscale: int) -> int:
+        """Choose :attr:`scenes_per_step` for a model that renders at ``1/downscale`` of the images (when the config
+        leaves it to the device); returns it."""
+        if self.config.scenes_per_step > 0:
+            return self.scenes_per_step
+        cameras = self.train_dataset.cameras
+        height, width = int(cameras.height.reshape(-1)[0]), int(cameras.width.reshape(-1)[0])
+        rays = math.ceil(height / downscale) * math.ceil(width / downscale)
+        self.scenes_per_step = auto_scenes_per_step(
+            self.device, rays, self.config.views_per_scene, self.config.rays_per_step, len(self.owned_scenes)
+        )
+        CONSOLE.log(
+            f"{self.scenes_per_step} scenes of {self.config.views_per_scene} views a step ({rays} rays a view; "
+            f"--pipeline.datamanager.scenes-per-step 0 chose it for {self.device})"
+        )
+        return self.scenes_per_step
+
     def next_train(self, step: int) -> Tuple[Cameras, Dict]:
-        scenes = self._next_scenes(min(self.config.scenes_per_step, len(self.owned_scenes)))
+        scenes = self._next_scenes(min(self.scenes_per_step, len(self.owned_scenes)))
         picked: List[int] = []
         for scene in scenes:
             views = self._train_views[scene]
             picked += self._rng.sample(views, min(self.config.views_per_scene, len(views)))
-        return self._batch("train", picked)
+        return self.views("train", picked)
 
     def next_eval(self, step: int) -> Tuple[Cameras, Dict]:
         return self.next_eval_image(step)
@@ -218,9 +257,13 @@ class MultiSceneDatamanager(FullImageDatamanager):
         in memory once) and made float only when it is read, so no float copy of the test set is ever kept."""
         return _EvalViews(self)
 
+    def eval_scene_of(self, index: int) -> int:
+        """The scene id of test view ``index``."""
+        return self._eval_scene_list[index]
+
     def get_train_rays_per_batch(self) -> int:
         h, w = self.train_images.shape[1:3]
-        return h * w * self.config.scenes_per_step * self.config.views_per_scene
+        return h * w * self.scenes_per_step * self.config.views_per_scene
 
 
 class _EvalViews:
@@ -235,7 +278,7 @@ class _EvalViews:
     def __getitem__(self, index: int) -> Tuple[Cameras, Dict]:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        camera, batch = self.manager._batch("eval", [index])
+        camera, batch = self.manager.views("eval", [index])
         return camera, {k: v[0] for k, v in batch.items()}
 
     def __iter__(self):

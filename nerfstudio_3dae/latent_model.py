@@ -301,16 +301,18 @@ class LatentTriplaneModel(TriplaneModel):
 
     # -------------------------------------------------------------------------------- eval / viewer
 
-    def images_for_camera(self, out: Dict[str, Tensor], height: int, width: int) -> Dict[str, Tensor]:
-        rgb = self.autoencoder.decode(out["features"], clamp=True)  # [1, 3, h*f, w*f]
-        return {
-            "rgb": first_to_hwc(rgb, height, width),
-            "latent": first_to_hwc(
-                out["features"], height, width, mode="nearest"
-            ),  # a latent pixel covers f x f pixels
-            "depth": first_to_hwc(out["depth"], height, width),
-            "accumulation": first_to_hwc(out["accumulation"], height, width),
-        }
+    def images_for_cameras(self, out: Dict[str, Tensor], height: int, width: int) -> List[Dict[str, Tensor]]:
+        rgb = self.autoencoder.decode(out["features"], clamp=True)  # [K, 3, h*f, w*f]: one decode for every camera
+        return [
+            {
+                "rgb": first_to_hwc(rgb[k : k + 1], height, width),
+                # a latent pixel covers f x f pixels
+                "latent": first_to_hwc(out["features"][k : k + 1], height, width, mode="nearest"),
+                "depth": first_to_hwc(out["depth"][k : k + 1], height, width),
+                "accumulation": first_to_hwc(out["accumulation"][k : k + 1], height, width),
+            }
+            for k in range(rgb.shape[0])
+        ]
 
     def get_image_metrics_and_images(self, outputs, batch):
         gt = batch["image"].to(self.device)

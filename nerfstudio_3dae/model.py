@@ -165,14 +165,14 @@ class TriplaneModel(Model):
         decide_backend(c.backend, self.kwargs.get("device") or "cpu")
         bound = float(self.scene_box.aabb.abs().max())
         settings = RenderSettings(
-            c.near,
-            c.far,
-            c.num_coarse_samples,
-            c.num_fine_samples,
-            bound,
-            c.backend,
-            c.compile_renderer,
-            c.occupancy_compact_min_points,
+            near=c.near,
+            far=c.far,
+            num_coarse=c.num_coarse_samples,
+            num_fine=c.num_fine_samples,
+            scene_bound=bound,
+            backend=c.backend,
+            compile=c.compile_renderer,
+            compact_min_points=c.occupancy_compact_min_points,
         )
         self.field = TriplaneField(bank, mlp, settings, self._occupancy_grids(bound))
 
@@ -293,17 +293,27 @@ class TriplaneModel(Model):
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box: Optional[OrientedBox] = None) -> Dict[str, Tensor]:
         """One camera, any resolution: images ``[H, W, ·]`` at the camera's own resolution."""
-        camera = camera.flatten()[:1]
-        height, width = int(camera.height.reshape(-1)[0]), int(camera.width.reshape(-1)[0])
-        out = self.render(camera, chunk=self.config.max_rays_per_chunk)
-        return self.images_for_camera(out, height, width)
+        return self.get_outputs_for_cameras(camera.flatten()[:1])[0]
 
-    def images_for_camera(self, out: Dict[str, Tensor], height: int, width: int) -> Dict[str, Tensor]:
-        return {
-            "rgb": first_to_hwc(out["features"], height, width).clamp(0, 1),
-            "depth": first_to_hwc(out["depth"], height, width),
-            "accumulation": first_to_hwc(out["accumulation"], height, width),
-        }
+    @torch.no_grad()
+    def get_outputs_for_cameras(self, cameras: Cameras) -> List[Dict[str, Tensor]]:
+        """Cameras of one resolution rendered together (one render, in chunks of ``max_rays_per_chunk`` rays; in
+        latent space one decode): the images ``[H, W, ·]`` of each camera."""
+        cameras = flat_on(cameras, self.device)
+        layout = self.layout_of(cameras)
+        out = self.render(cameras, chunk=self.config.max_rays_per_chunk)
+        return self.images_for_cameras(out, layout.height, layout.width)
+
+    def images_for_cameras(self, out: Dict[str, Tensor], height: int, width: int) -> List[Dict[str, Tensor]]:
+        """A render's ``[K, c, h, w]`` outputs as images ``[H, W, ·]``, one dict per camera."""
+        return [
+            {
+                "rgb": first_to_hwc(out["features"][k : k + 1], height, width).clamp(0, 1),
+                "depth": first_to_hwc(out["depth"][k : k + 1], height, width),
+                "accumulation": first_to_hwc(out["accumulation"][k : k + 1], height, width),
+            }
+            for k in range(out["features"].shape[0])
+        ]
 
     def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         gt = batch["image"].to(self.device)  # [H, W, 3]

@@ -42,6 +42,9 @@ class ThreeDAEPipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: ThreeDAEPipeline)
     export_every: int = 2000
     """Stage 1: write <run>/autoencoder/ (diffusers folder + bases.pt) every this many steps and at the end."""
+    eval_views_per_batch: int = 8
+    """Test views rendered together when all of them are evaluated (ns-eval, the all-images evaluation): one render
+    and, in latent space, one decode per batch instead of per view."""
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -62,6 +65,8 @@ class ThreeDAEPipeline(VanillaPipeline):
                 torch.cuda.set_device(torch.device(device))
         # world_size=1: no DDP wrapper (see the module docstring); the scenes are sharded by the process group
         super().__init__(config, device, test_mode=test_mode, world_size=1, **kwargs)
+        if isinstance(self.datamanager, MultiSceneDatamanager):
+            self.datamanager.fit_batch(self.model.downscale)
         self._latents_of: Optional[str] = None
         scene_tables = {id(t) for t in self._scene_tables().values()}
         broadcast_from_main(t for t in self.model.state_dict(keep_vars=True).values() if id(t) not in scene_tables)
@@ -157,18 +162,23 @@ class ThreeDAEPipeline(VanillaPipeline):
         names = self.model.scene_names
         per_view = []
         seconds = 0.0
-        for index, (camera, batch) in enumerate(self.datamanager.fixed_indices_eval_dataloader):
+        count, size = len(self.datamanager.eval_dataset), max(1, self.config.eval_views_per_batch)
+        for first in range(0, count, size):
+            cameras, views = self.datamanager.views("eval", range(first, min(first + size, count)))
             synchronize(self.device)
             start = time.perf_counter()
-            outputs = self.model.get_outputs_for_camera(camera)
+            outputs = self.model.get_outputs_for_cameras(cameras)
             synchronize(self.device)
             seconds += time.perf_counter() - start
-            metrics, images = self.model.get_image_metrics_and_images(outputs, batch)
-            per_view.append((names[int(batch["scene_id"])], metrics))
-            if output_path is not None:
-                output_path.mkdir(parents=True, exist_ok=True)
-                picture = (images["img"].clamp(0, 1) * 255).byte().cpu().numpy()
-                Image.fromarray(picture).save(output_path / f"{names[int(batch['scene_id'])]}_{index:05d}.png")
+            for offset, output in enumerate(outputs):
+                index, batch = first + offset, {k: v[offset] for k, v in views.items()}
+                metrics, images = self.model.get_image_metrics_and_images(output, batch)
+                scene = names[self.datamanager.eval_scene_of(index)]
+                per_view.append((scene, metrics))
+                if output_path is not None:
+                    output_path.mkdir(parents=True, exist_ok=True)
+                    picture = (images["img"].clamp(0, 1) * 255).byte().cpu().numpy()
+                    Image.fromarray(picture).save(output_path / f"{scene}_{index:05d}.png")
         overall, per_scene = aggregate(per_view, with_std=get_std)
         overall["fps"] = len(per_view) / max(seconds, 1e-9)
         self.train()

@@ -6,6 +6,8 @@
 #   bash scripts/gpu_check.sh --cpu-smoke      # every check on the CPU at the smallest sizes (CUDA tests skip)
 #   bash scripts/gpu_check.sh --build-nerfacc  # first build nerfacc's extension (ns-3dae-build-nerfacc)
 #   bash scripts/gpu_check.sh --keep           # keep the work folder (data, runs, logs); kept anyway on a failure
+#   bash scripts/gpu_check.sh --speed          # instead: the speed checks (step profile eager and compiled at 128²,
+#                                              # ns-3dae-bench compare --preset gpu), within the same 10 minutes
 #
 # Checks: the CUDA tests (NS3DAE_REQUIRE_CUDA=1: they fail, not skip, when they cannot run), the backend decision,
 # peak memory of one 3dae-rgb and one 3dae-latent training step (128², method defaults), 10 steps on 2 processes with
@@ -13,13 +15,14 @@
 # (tiny presets). Uses .venv (made by scripts/env.sh when missing); needs no network.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-MODE=gpu KEEP=0 BUILD=0
+MODE=gpu KEEP=0 BUILD=0 SPEED=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) MODE=cpu ;;
     --keep) KEEP=1 ;;
     --build-nerfacc) BUILD=1 ;;
-    -h | --help) sed -n '2,13p' "$0" | cut -c3-; exit 0 ;;
+    --speed) SPEED=1 ;;
+    -h | --help) sed -n '2,15p' "$0" | cut -c3-; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -214,15 +217,51 @@ open(sys.argv[2], "w").write(f"PSNR rgb {d['psnr_rgb']:.2f} / latent {d['psnr_la
 EOF
 }
 
-((BUILD)) && run_check "nerfacc build" 420 check_build
-run_check "cuda tests" 120 check_cuda_tests
-run_check "backend decision" 60 check_decision
-run_check "step memory" 150 check_step_memory
-run_check "2 procs save+resume" 240 check_train_resume
-run_check "eval" 60 check_eval
-run_check "render" 90 check_render
-run_check "bench scaling" 120 check_scaling
-run_check "bench compare" 150 check_compare
+check_step_profile() {  # check_step_profile FIGURE [--compile-renderer]: operators, syncs and ms of a latent step
+  local size=128 out="$WORK/step-profile${2:-}"
+  [ "$MODE" = cpu ] && size=16
+  tmo ns-3dae-bench step-profile --device "$DEVICE" --image-size $size --warmup 5 --steps 5 --output "$out" ${2:-}
+  python - "$out/step-profile.json" "$1" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))["methods"]
+rgb, lat = m["3dae-rgb"], m["3dae-latent"]
+open(sys.argv[2], "w").write(
+    f"latent {lat['ms_per_step']:.1f} ms, {lat['ops_per_step']['top_level']:.0f} ops, "
+    f"{lat['syncs_per_step']['total']:g} syncs; rgb {rgb['ms_per_step']:.1f} ms"
+)
+EOF
+}
+
+check_step_profile_compiled() { check_step_profile "$1" --compile-renderer; }
+
+check_compare_gpu() {
+  local preset=gpu
+  [ "$MODE" = cpu ] && preset=tiny
+  tmo ns-3dae-bench compare --preset $preset --output "$WORK/compare-gpu" "${CPU_ARGS[@]}"
+  python - "$WORK/compare-gpu/compare.json" "$1" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+ratio, render = d.get("time_ratio"), d.get("render_ratio")
+text = f"x{ratio:.2f} per scene to RGB-0.5 dB" if ratio else "no time ratio"
+text += f", render x{render:.2f}" if render else ""
+open(sys.argv[2], "w").write(f"{text}; PSNR rgb {d['psnr_rgb']:.2f} / latent {d['psnr_latent']:.2f}"[:90])
+EOF
+}
+
+if ((SPEED)); then
+  run_check "step profile" 150 check_step_profile
+  run_check "step profile compiled" 200 check_step_profile_compiled
+  run_check "compare gpu preset" 560 check_compare_gpu
+fi
+((SPEED)) || { ((BUILD)) && run_check "nerfacc build" 420 check_build; }
+((SPEED)) || run_check "cuda tests" 120 check_cuda_tests
+((SPEED)) || run_check "backend decision" 60 check_decision
+((SPEED)) || run_check "step memory" 150 check_step_memory
+((SPEED)) || run_check "2 procs save+resume" 240 check_train_resume
+((SPEED)) || run_check "eval" 60 check_eval
+((SPEED)) || run_check "render" 90 check_render
+((SPEED)) || run_check "bench scaling" 120 check_scaling
+((SPEED)) || run_check "bench compare" 150 check_compare
 
 FAILED=$(awk -F'\t' '$2 != "ok"' "$ROWS" | wc -l)
 awk -F'\t' '$2 != "ok" { print $1 }' "$ROWS" | while IFS= read -r name; do

@@ -14,7 +14,7 @@ from nerfstudio_3dae import datamanager
 from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
 from nerfstudio_3dae.data.images import decode_image
 from nerfstudio_3dae.data.layout import DatasetError
-from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig, rows_to_device, wants_pinned
+from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig, auto_scenes_per_step, rows_to_device, wants_pinned
 
 
 def manager(root, **kwargs):
@@ -124,3 +124,21 @@ def test_batches_travel_as_stored_and_are_made_float_after_the_copy(tiny_dataset
     assert torch.equal(batch["latent"], dm.train_latents[batch["image_idx"]])
     _, view = dm.fixed_indices_eval_dataloader[1]
     assert copied[2] == torch.uint8 and torch.equal(view["image"], dm.eval_images[1].float() / 255)
+
+
+def test_the_batch_is_sized_for_the_device():
+    # 128² views: 256 rays in latent space (factor 8), 16384 in RGB; 2 views per scene; 2^16 rays a step on a GPU
+    assert auto_scenes_per_step("cuda", 256, 2, 2**16, 1000) == 128
+    assert auto_scenes_per_step("cuda", 16384, 2, 2**16, 1000) == 2
+    assert auto_scenes_per_step("cuda", 256, 2, 2**16, 50) == 50, "never more than the scenes there are"
+    assert auto_scenes_per_step("cuda", 512 * 512, 2, 2**16, 1000) == 1, "at least one"
+    assert auto_scenes_per_step("cpu", 256, 2, 2**16, 1000) == 4 and auto_scenes_per_step("cpu", 256, 2, 2**16, 3) == 3
+
+
+def test_fit_batch_keeps_a_configured_size_and_chooses_one_otherwise(tiny_dataset):
+    root = tiny_dataset(num_scenes=6, views=4)
+    assert manager(root, scenes_per_step=5).fit_batch(downscale=8) == 5
+    auto = manager(root, scenes_per_step=0)
+    assert auto.fit_batch(downscale=8) == 4  # on the CPU
+    cameras, _ = auto.next_train(0)
+    assert cameras.shape[0] == 4 * auto.config.views_per_scene

@@ -24,14 +24,27 @@ def test_every_timed_render_is_bracketed_by_a_synchronize(tiny_dataset, one_thre
     pipe = tiny_pipeline(rgb_method(), tiny_dataset(num_scenes=2))
     events = []
     monkeypatch.setattr(pipeline_module, "synchronize", lambda device: events.append(("sync", str(device))))
-    render = pipe.model.get_outputs_for_camera
+    render = pipe.model.get_outputs_for_cameras
 
-    def recorded(camera):
-        events.append(("render", None))
-        return render(camera)
+    def recorded(cameras):
+        events.append(("render", cameras.shape[0]))
+        return render(cameras)
 
-    monkeypatch.setattr(pipe.model, "get_outputs_for_camera", recorded)
+    monkeypatch.setattr(pipe.model, "get_outputs_for_cameras", recorded)
+    pipe.config.eval_views_per_batch = 2
     metrics = pipe.get_average_eval_image_metrics(step=0)
     views = len(pipe.datamanager.fixed_indices_eval_dataloader)
-    assert events == [("sync", "cpu"), ("render", None), ("sync", "cpu")] * views
+    sizes = [2] * (views // 2) + [views % 2] * (views % 2)  # the test views rendered two at a time
+    assert events == [e for size in sizes for e in (("sync", "cpu"), ("render", size), ("sync", "cpu"))]
     assert metrics["fps"] > 0
+
+
+def test_views_rendered_together_are_the_views_rendered_alone(tiny_dataset, one_thread):
+    pipe = tiny_pipeline(rgb_method(), tiny_dataset(num_scenes=2))
+    pipe.eval()
+    cameras, _ = pipe.datamanager.views("eval", [0, 1])
+    together = pipe.model.get_outputs_for_cameras(cameras)
+    for k in range(2):
+        alone = pipe.model.get_outputs_for_camera(cameras[k : k + 1])
+        for key in ("rgb", "depth", "accumulation"):
+            torch.testing.assert_close(together[k][key], alone[key], atol=1e-5, rtol=1e-4)

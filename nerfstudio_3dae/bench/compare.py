@@ -75,7 +75,7 @@ def configure_method(
     config.max_num_iterations = steps
     config.steps_per_eval_image = config.steps_per_eval_all_images = config.steps_per_save = 10**9
     config.logging.local_writer.enable = False
-    config.pipeline.datamanager.scenes_per_step = preset.scenes_per_step
+    config.pipeline.datamanager.scenes_per_step = preset.batch_for(config.method_name)
     config.pipeline.datamanager.latent_cache_dir = out / "latent-cache" / name
     model = config.pipeline.model
     model.resolution = preset.triplane_resolution

@@ -135,7 +135,7 @@ class MeasuredRun:
             callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
         if step == 0:
             saved = saved_activation_bytes(lambda: trainer.train_iteration(0))
-            self.activation = saved / self.preset.scenes_per_step
+            self.activation = saved / trainer.pipeline.datamanager.scenes_per_step
         else:
             trainer.train_iteration(step)
         for callback in trainer.callbacks:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +28,11 @@ class ComparePreset:
     samples: int
     """Coarse and fine samples per ray, both methods."""
     scenes_per_step: int
-    """Scenes in a training batch, both methods."""
+    """Scenes in a training batch (stage 1, and both methods unless they have their own)."""
+    rgb_scenes_per_step: Optional[int] = None
+    """3dae-rgb's batch when it differs (0: the device's choice, ``--pipeline.datamanager.scenes-per-step 0``)."""
+    latent_scenes_per_step: Optional[int] = None
+    """3dae-latent's batch when it differs (0: the device's choice)."""
     stage1_steps: int
     """Steps of the 3dae-autoencoder run."""
     stage1_warmup: int
@@ -46,6 +50,11 @@ class ComparePreset:
     """Side of the views timed for the render ratio."""
     render_repeats: int = 5
     """Timed renders per method (the median is kept)."""
+
+    def batch_for(self, method_name: str) -> int:
+        """Scenes per step of the method ``method_name`` (a registered 3dae method)."""
+        own = {"3dae-rgb": self.rgb_scenes_per_step, "3dae-latent": self.latent_scenes_per_step}.get(method_name)
+        return self.scenes_per_step if own is None else own
 
 
 PRESETS: Dict[str, ComparePreset] = {
@@ -123,5 +132,27 @@ PRESETS: Dict[str, ComparePreset] = {
         latent_steps=30000,
         finetune_start=7500,
         eval_every=2500,
+    ),
+    # many scenes, each method at the batch that fills a GPU (the device's choice: 2 scenes of 128² RGB views, 128 of
+    # their 16² latents a step), time per scene = wall time / scenes: the regime of the paper's x7.1 at 1000 scenes.
+    # Estimated 10-15 minutes on one H200 (not yet run: no GPU was lent to the session that made it)
+    "gpu": ComparePreset(
+        stage1_scenes=64,
+        scenes=256,
+        views_per_scene=12,
+        test_views=1,
+        image_size=128,
+        triplane_resolution=64,
+        num_bases=50,
+        samples=48,
+        scenes_per_step=8,
+        rgb_scenes_per_step=0,
+        latent_scenes_per_step=0,
+        stage1_steps=1000,
+        stage1_warmup=300,
+        rgb_steps=6000,
+        latent_steps=1600,
+        finetune_start=400,
+        eval_every=800,
     ),
 }

@@ -130,7 +130,7 @@ def split_metrics(pipeline, split: str, max_views: int) -> Dict[str, float]:
     model.eval()
     sums: Dict[str, float] = {}
     for index in indices:
-        camera, batch = manager._batch(split, torch.tensor([index]))
+        camera, batch = manager.views(split, [index])
         batch = {k: v[0] for k, v in batch.items()}
         metrics, _ = model.get_image_metrics_and_images(model.get_outputs_for_camera(camera), batch)
         for key in ("psnr", "latent_psnr", "autoencoded_psnr"):

@@ -123,9 +123,10 @@ class Compare:
     """3dae-rgb (RGB Tri-Planes) vs 3dae-latent on the same scenes: time per scene to a PSNR target, PSNR/SSIM,
     memory per scene (resident, and the paper's effective accounting), render time, stage-1 cost amortised over N."""
 
-    preset: Literal["tiny", "small", "medium", "paper"] = "small"
+    preset: Literal["tiny", "small", "medium", "paper", "gpu"] = "small"
     """Sizes and steps. tiny: the code path in seconds (tests); small: 64², about 15 min on a 2-core CPU;
-    medium: 128², R = 64, within 45 min on a 2-core CPU; paper: the paper's sizes (GPU)."""
+    medium: 128², R = 64, within 45 min on a 2-core CPU; paper: the paper's sizes (GPU); gpu: 256 scenes at 128², each
+    method at the batch that fills a GPU (about 10-15 min on one H200, estimated)."""
     output: Path = Path("outputs/bench-compare")
     """Folder for compare.json, compare.md, the plots, the generated data and the runs."""
     data: Optional[Path] = None
@@ -193,7 +194,7 @@ class Finetune:
     """Decoder learning rates of the fine-tune."""
     scenes: str = ":"
     """The scenes to train (a --scenes spec)."""
-    preset: Literal["tiny", "small", "medium", "paper"] = "medium"
+    preset: Literal["tiny", "small", "medium", "paper", "gpu"] = "medium"
     """Tri-plane sizes, samples and batch of ns-3dae-bench compare's preset."""
     latent_steps: int = 1000
     """Stage-2 steps (latent space) before the fine-tune."""
@@ -288,7 +289,7 @@ class Skipping:
     """Skipping empty space measured: 3dae-rgb and 3dae-latent on the same generated scenes, each trained without and
     with per-scene occupancy grids, the two runs one step each in turn (skipping.json, skipping.md)."""
 
-    preset: Literal["tiny", "small", "medium", "paper"] = "small"
+    preset: Literal["tiny", "small", "medium", "paper", "gpu"] = "small"
     """Scenes, views, image size, tri-plane sizes and schedules (nerfstudio_3dae.bench.presets)."""
     output: Path = Path("outputs/bench-skipping")
     """Folder for the generated data, the runs, skipping.json and skipping.md."""
@@ -347,7 +348,7 @@ class Quality:
     """Where the decoded dB of 3dae-latent go, stage by stage, and what each lever buys, against RGB Tri-Planes on
     the same scenes (quality.json, quality.md; resumable: run again with the same --output)."""
 
-    preset: Literal["tiny", "small", "medium", "paper"] = "medium"
+    preset: Literal["tiny", "small", "medium", "paper", "gpu"] = "medium"
     """Sizes and steps (those of ns-3dae-bench compare)."""
     output: Path = Path("outputs/bench-quality")
     """Folder for quality.json, quality.md, the generated data and the runs."""
