@@ -29,6 +29,8 @@ from torch import Tensor
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, build_autoencoder, kl_autoencoder_config
 from nerfstudio_3dae.checkpoints import atomic_save, load_checkpoint_file
+from nerfstudio_3dae.image_layout import to_float
+from nerfstudio_3dae.metrics import psnr_per_image
 
 STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
@@ -203,18 +205,7 @@ def random_crops(
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def to_unit(images: UInt8[Tensor, "B 3 H W"]) -> Float[Tensor, "B 3 H W"]:
-    """uint8 images -> floats in [0, 1]."""
-    return images.float() / 255.0
-
-
 # ----------------------------------------------------------------------------------------------- model
-def psnr_of(a: Float[Tensor, "B 3 H W"], b: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B"]:
-    """Per-image PSNR in dB of images in [0, 1]."""
-    mse = ((a.clamp(0, 1) - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10.0 * torch.log10(mse)
-
-
 @torch.no_grad()
 def reconstruction_psnr(ae: LatentAutoencoder, images: UInt8[Tensor, "N 3 H W"], batch: int = 8) -> float:
     """Mean PSNR of ``D(E(x))`` over whole images."""
@@ -222,15 +213,15 @@ def reconstruction_psnr(ae: LatentAutoencoder, images: UInt8[Tensor, "N 3 H W"],
     device = next(ae.parameters()).device
     scores = []
     for i in range(0, len(images), batch):
-        x = to_unit(images[i : i + batch].to(device))
-        scores.append(psnr_of(ae(x), x))
+        x = to_float(images[i : i + batch].to(device))
+        scores.append(psnr_per_image(ae(x), x))
     return float(torch.cat(scores).mean())
 
 
 @torch.no_grad()
 def fitted_normaliser(ae: LatentAutoencoder, images: UInt8[Tensor, "N 3 H W"], batch: int = 8) -> NormaliserConfig:
     """``tanh(scale z)`` with ``scale = 0.5 / std(z)``: one standard deviation of raw latent maps to tanh(0.5)."""
-    z = torch.cat([ae.encode_raw(to_unit(images[i : i + batch])) for i in range(0, len(images), batch)])
+    z = torch.cat([ae.encode_raw(to_float(images[i : i + batch])) for i in range(0, len(images), batch)])
     return NormaliserConfig(kind="tanh", scale=float(0.5 / z.std().clamp_min(1e-6)))
 
 
@@ -356,7 +347,7 @@ class _Run:
         crops = random_crops(train, count, size, self.rng)
         if self.device.type == "cuda":  # uint8 over the bus (4x less than floats), from pinned memory, asynchronously
             crops = crops.pin_memory().to(self.device, non_blocking=True)
-        return to_unit(crops)
+        return to_float(crops)
 
     def train_step(self, x: Float[Tensor, "B 3 s s"]) -> Float[Tensor, ""]:
         """One Adam step on ``x``; the loss, detached, on the device (not read back: no host sync)."""

@@ -24,18 +24,18 @@ from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
 
 @dataclass
 class RenderSettings:
-    """How rays are sampled, built by the model from its config (``near``, ``far``, ``num_coarse_samples``,
-    ``num_fine_samples``, ``backend``) and its scene box (``scene_bound``)."""
+    """How rays are sampled: built by the model from its config (``near``, ``far``, ``num_coarse_samples``,
+    ``num_fine_samples``, ``backend``, ...: the defaults live there) and its scene box (``scene_bound``)."""
 
-    near: float = 0.5
+    near: float
     """Near plane of every ray."""
-    far: float = 2.1
+    far: float
     """Far plane of every ray."""
-    num_coarse: int = 48
+    num_coarse: int
     """Stratified samples per ray (the model's ``num_coarse_samples``)."""
-    num_fine: int = 48
+    num_fine: int
     """Importance samples per ray (the model's ``num_fine_samples``)."""
-    scene_bound: float = 1.0
+    scene_bound: float
     """Points outside ``[-scene_bound, scene_bound]^3`` get density 0 (the largest |coordinate| of the scene box)."""
     backend: Literal["auto", "torch", "nerfacc"] = "auto"
     """Sampling/compositing backend: nerfacc on CUDA ('auto'), or pure torch."""

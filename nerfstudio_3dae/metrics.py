@@ -29,6 +29,12 @@ def batch_psnr(pred: Float[Tensor, "*bs"], target: Float[Tensor, "*bs"], data_ra
     return 10.0 * torch.log10(data_range**2 / torch.nn.functional.mse_loss(pred, target))
 
 
+def psnr_per_image(pred: Float[Tensor, "B c H W"], target: Float[Tensor, "B c H W"]) -> Float[Tensor, "B"]:
+    """PSNR in dB of each image of a batch in [0, 1] (the prediction clamped to it; an exact match counts as 100 dB)."""
+    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10.0 * torch.log10(mse)
+
+
 def image_metrics(
     pred: Float[Tensor, "H W c"], gt: Float[Tensor, "H W c"], data_range: float, prefix: str = ""
 ) -> Dict[str, float]:

@@ -31,7 +31,7 @@ def tiny_field(seed: int = 0, samples: int = 8) -> TriplaneField:
     torch.manual_seed(seed)
     bank = TriplaneBank(2, resolution=8, micro_channels=4, macro_channels=4, num_bases=2)
     mlp = TriplaneMLP(bank.num_channels, 3, hidden_dim=16)
-    return TriplaneField(bank, mlp, RenderSettings(num_coarse=samples, num_fine=samples, backend="torch"))
+    return TriplaneField(bank, mlp, RenderSettings(0.5, 2.1, samples, samples, 1.0, "torch"))
 
 
 def loss_and_grads(field: TriplaneField, deterministic: bool, seed: int = 3, **chunking):

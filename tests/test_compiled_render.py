@@ -25,7 +25,7 @@ def field_pair(backend: str):
         bank = TriplaneBank(3, 16, 4, 4, 5, sparse=True)
         mlp = TriplaneMLP(bank.num_channels, 4, 16, (-1.0, 1.0))
         grids = OccupancyGrids(3, 8, 1.0, threshold=0.5, warmup=0, update_share=1.0)
-        settings = RenderSettings(num_coarse=8, num_fine=8, backend="torch", compile=compile_, compile_backend=backend)
+        settings = RenderSettings(0.5, 2.1, 8, 8, 1.0, "torch", compile=compile_, compile_backend=backend)
         fields.append(TriplaneField(bank, mlp, settings, grids).train())
     return fields
 

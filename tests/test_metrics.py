@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nerfstudio_3dae import metrics
+from nerfstudio_3dae.metrics import batch_psnr, psnr_per_image
 
 
 @pytest.mark.parametrize("side", [4, 5, 8, 16, 64])
@@ -36,3 +37,13 @@ def test_lpips_is_skipped_without_local_weights(tmp_path, monkeypatch):
         assert set(result) == {"psnr", "ssim"}, "never an LPIPS from untrained weights"
     finally:
         metrics.lpips_model.cache_clear()
+
+
+def test_batch_and_per_image_psnr_on_known_pairs():
+    target = torch.full((2, 3, 4, 4), 0.5)
+    off = target.clone()
+    off[1] += 0.1  # image 1 is off by 0.1 everywhere: 20 dB; image 0 exact: capped at 100 dB
+    torch.testing.assert_close(psnr_per_image(off, target), torch.tensor([100.0, 20.0]))
+    # the batch PSNR takes one mean squared error over both images: 0.01 / 2
+    torch.testing.assert_close(batch_psnr(off, target, data_range=1.0), torch.tensor(10 * math.log10(200.0)))
+    torch.testing.assert_close(batch_psnr(2 * off, 2 * target, data_range=2.0), batch_psnr(off, target, 1.0))

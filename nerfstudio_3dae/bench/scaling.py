@@ -34,6 +34,7 @@ from nerfstudio.cameras.cameras import Cameras
 
 from nerfstudio_3dae.data.synth.cameras import sample_hemisphere_rig, square_intrinsics
 from nerfstudio_3dae.field import RenderSettings, TriplaneField
+from nerfstudio_3dae.model import TriplaneModelConfig
 from nerfstudio_3dae.sparse_adam import RowSparseAdam
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
 
@@ -142,7 +143,9 @@ def build_step(
         num_scenes, p.resolution, p.micro_channels, p.macro_channels, p.num_bases, 0.1, sparse=mode == "sparse"
     ).to(device)
     mlp = TriplaneMLP(bank.num_channels, p.latent_channels, p.hidden_dim, (-1.0, 1.0)).to(device)
-    settings = RenderSettings(0.5, 2.1, p.num_coarse, p.num_fine, 1.0, "auto" if device == "cuda" else "torch")
+    defaults = TriplaneModelConfig()
+    backend = "auto" if device == "cuda" else "torch"
+    settings = RenderSettings(defaults.near, defaults.far, p.num_coarse, p.num_fine, 1.0, backend)
     field = TriplaneField(bank, mlp, settings)
     cameras = _cameras(p.batch_scenes, p.latent_size, device)
     background = torch.zeros(p.latent_channels, device=device)
