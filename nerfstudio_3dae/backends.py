@@ -13,8 +13,9 @@ extension only when it is already built:
 Anything else is the torch backend, with the reason logged once per process. A build folder with a ``lock`` file and
 no finished module is reported, never waited on: held by a live process (an OS lock on the file, which torch's
 ``FileLock`` takes while it builds), it is a build in progress; held by nobody, it is *stale* (an interrupted build).
-:func:`build_nerfacc` (``ns-3dae-build-nerfacc``) builds the extension once, outside any training loop, in a child
-process with a time limit (docs/gpu.md).
+The build itself is :mod:`nerfstudio_3dae.nerfacc_build` (``ns-3dae-build-nerfacc``): once, outside any training
+loop, in a child process with a time limit (docs/gpu.md). This module only reads what a build leaves: the build folder
+(:func:`nerfacc_build_dir`), its module and lock, and the build log's path for its messages.
 """
 
 from __future__ import annotations
@@ -24,15 +25,11 @@ import functools
 import importlib
 import importlib.util
 import os
-import re
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, List, Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 import torch
 
@@ -45,18 +42,9 @@ EXTENSION_NAME = "nerfacc_cuda"
 BACKEND_OPTION = "--pipeline.model.backend"
 BUILD_COMMAND = "ns-3dae-build-nerfacc"
 
-STALE_LOCK_AGE_S = 600.0
-"""A lock file no process holds an OS lock on is stale at once under torch's ``FileLock``; under an older torch
-(``FileBaton``: the file's mere existence is the lock, no OS lock) only once it is this old, because a build by such a
-torch cannot be told from an interrupted one otherwise (a nerfacc build takes minutes, not ten)."""
-
 
 class BackendError(ValueError):
     """A backend option that cannot be honoured here; the message names the option and what to do."""
-
-
-class BuildLockedError(RuntimeError):
-    """The build folder's lock may belong to a running build."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +62,6 @@ class ExtensionProbe:
     usable: bool
     reason: str
     module: Optional[ModuleType] = None
-
-
-def nerfacc_sources() -> List[Path]:
-    """nerfacc's CUDA/C++ sources, the ones its JIT build compiles."""
-    import nerfacc  # pylint: disable=import-outside-toplevel
-
-    csrc = Path(nerfacc.__file__).parent / "cuda" / "csrc"
-    return sorted(csrc.glob("*.cu")) + sorted(csrc.glob("*.cpp"))
 
 
 def nerfacc_build_dir() -> Path:
@@ -104,8 +84,8 @@ def built_module_path(build_dir: Path) -> Path:
 
 
 def build_log_path(build_dir: Path) -> Path:
-    """Where :func:`build_nerfacc` keeps the whole output of its last build (beside the build folder, not in it:
-    nerfacc's loader treats a non-empty folder as a finished build)."""
+    """Where :func:`nerfstudio_3dae.nerfacc_build.build_nerfacc` keeps the whole output of its last build (beside
+    the build folder, not in it: nerfacc's loader treats a non-empty folder as a finished build)."""
     return build_dir.parent / f"{EXTENSION_NAME}-build.log"
 
 
@@ -261,128 +241,3 @@ def clear_decisions() -> None:
     """Forget the cached probe and decisions (tests; a process that just built the extension)."""
     _decide.cache_clear()
     nerfacc_extension.cache_clear()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The explicit build
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """What :func:`build_nerfacc` did."""
-
-    ok: bool
-    seconds: float
-    message: str
-    """The built module's path, or why the build failed (the compiler's error lines, a timeout, a held lock)."""
-    log: Optional[Path] = None
-    """The build's whole output."""
-
-
-_BUILD_SCRIPT = """
-import sys
-import nerfacc.cuda._backend as backend
-sys.exit(0 if backend._C is not None else 3)
-"""
-"""The child's program: nerfacc's own loader, which builds into the JIT folder exactly as a training step would."""
-
-
-COMPILER_ERROR = re.compile(r"(\berror\b.*:|: error|fatal error|^FAILED:|^ninja: build stopped)")
-"""Lines of a build's output that say what failed: nvcc's ``file(line): error: ...``, gcc's ``file:l:c: error:``,
-ninja's ``FAILED:`` and its stop."""
-
-
-def error_lines(output: str, limit: int = 12, width: int = 300) -> List[str]:
-    """What a failed build's output says went wrong: its compiler and ninja error lines (each once, at most
-    ``limit``, cut to ``width`` characters), else its last line (the exception: a CUDA version mismatch, ...)."""
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errors = list(dict.fromkeys(ln for ln in lines if COMPILER_ERROR.search(ln)))
-    chosen = errors[:limit] if errors else lines[-1:]
-    return [ln if len(ln) <= width else ln[: width - 3] + "..." for ln in chosen]
-
-
-def remove_stale_lock(build_dir: Path, stale_after_s: float = STALE_LOCK_AGE_S) -> Optional[str]:
-    """Remove ``build_dir/lock`` when stale; returns what was done, or raises when a build may still be running.
-
-    Stale: no process holds an OS lock on it and, when this torch takes no OS lock (``FileBaton``), it is older than
-    ``stale_after_s``.
-    """
-    lock = build_dir / "lock"
-    if not lock.exists():
-        return None
-    if lock_is_held(lock):
-        raise BuildLockedError(f"a process holds {lock}: a nerfacc build is running; let it finish or stop it")
-    age = time.time() - lock.stat().st_mtime
-    if not torch_takes_os_lock() and age < stale_after_s:
-        raise BuildLockedError(
-            f"{lock} is {age:.0f} s old and this torch locks by the file's existence only: maybe a build is running. "
-            f"Wait, or remove it (`rm {lock}`) if no build is"
-        )
-    lock.unlink()
-    return f"removed the stale lock {lock} ({age:.0f} s old, held by no process)"
-
-
-def torch_takes_os_lock() -> bool:
-    """Whether this torch's JIT build holds an OS lock on ``lock`` (``FileLock``, recent torch) rather than relying
-    on the file's existence (``FileBaton``, which a killed build leaves behind and every later build waits on)."""
-    import torch.utils.cpp_extension as cpp_extension  # pylint: disable=import-outside-toplevel
-
-    return hasattr(cpp_extension, "FileLock")
-
-
-def _run_child(args: List[str], timeout_s: float, log: Path) -> Tuple[int, str]:
-    """Run ``args`` in its own process group, killed whole (ninja, nvcc) after ``timeout_s``; the exit code (-1 at
-    the timeout) and the output, also written to ``log``."""
-    with subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    ) as child:
-        try:
-            output, _ = child.communicate(timeout=timeout_s)
-            code = child.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            output, _ = child.communicate()
-            code = -1
-    log.write_text(output or "")
-    return code, output or ""
-
-
-def _run_build(timeout_s: float, log: Path) -> Tuple[int, str]:
-    """nerfacc's own JIT build (:data:`_BUILD_SCRIPT`) in a child process."""
-    return _run_child([sys.executable, "-c", _BUILD_SCRIPT], timeout_s, log)
-
-
-def build_nerfacc(
-    timeout_s: float = 1800.0,
-    build_dir: Optional[Path] = None,
-    run: Optional[Callable[[float, Path], Tuple[int, str]]] = None,
-) -> BuildResult:
-    """Build nerfacc's CUDA extension once, outside any training loop, with a time limit.
-
-    Removes a stale lock (:func:`remove_stale_lock`), runs nerfacc's own JIT build in a child process (killed after
-    ``timeout_s``), and reports the seconds and the built module, or the compiler's error lines and the log. Needs
-    nvcc and the CUDA headers, not a GPU. ``run(timeout_s, log) -> (exit code, output)`` replaces the child (tests).
-    """
-    run = _run_build if run is None else run
-    build_dir = nerfacc_build_dir() if build_dir is None else build_dir
-    start = time.perf_counter()
-    try:
-        removed = remove_stale_lock(build_dir)
-    except BuildLockedError as err:
-        return BuildResult(False, 0.0, str(err))
-    build_dir.mkdir(parents=True, exist_ok=True)
-    log = build_log_path(build_dir)
-    code, output = run(timeout_s, log)
-    seconds = time.perf_counter() - start
-    built = built_module_path(build_dir)
-    prefix = f"{removed}; " if removed else ""
-    if code == 0 and built.is_file():
-        clear_decisions()
-        return BuildResult(True, seconds, f"{prefix}built {built}", log)
-    if code == -1:
-        why = f"the build ran past {timeout_s:.0f} s and was stopped (raise --timeout-s)"
-    elif code == 3 or "No CUDA toolkit found" in output:
-        why = "nerfacc found no CUDA toolkit (nvcc is not on PATH)"
-    else:
-        why = "\n".join(error_lines(output)) or f"the build exited with {code}"
-    return BuildResult(False, seconds, f"{prefix}{why}", log)

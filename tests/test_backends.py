@@ -1,10 +1,12 @@
-"""The backend decision without a GPU: CUDA, the build folder, nerfacc's loader and its build are all simulated, and
-any real build attempt fails the test."""
+"""The backend decision and nerfacc's build without a GPU: CUDA, the build folder, nerfacc's loader and the build's
+child are simulated, and any real build attempt fails the test; nerfacc's patched sources are really compiled where
+nvcc is present (no GPU needed)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,9 +19,19 @@ import torch
 import torch.utils.cpp_extension
 from conftest import tiny_pipeline
 
-from nerfstudio_3dae import backends
-from nerfstudio_3dae.backends import BackendError, build_nerfacc, decide_backend, nerfacc_build_dir
+from nerfstudio_3dae import backends, nerfacc_build
+from nerfstudio_3dae.backends import BackendError, decide_backend, nerfacc_build_dir
 from nerfstudio_3dae.method_configs import rgb_method
+from nerfstudio_3dae.nerfacc_build import (
+    PATCHES,
+    SourcePatchError,
+    build_nerfacc,
+    compile_check,
+    extension_sources,
+    nerfacc_csrc,
+    patch_sources,
+    patched_sources_dir,
+)
 from nerfstudio_3dae.rendering import nerfacc_cuda_available, resolve_backend
 
 CUB_ERROR = (
@@ -35,14 +47,19 @@ def _no_build(*args, **kwargs):
 @pytest.fixture
 def sim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A process with simulated CUDA, an empty extensions root in tmp_path, no setup.py-built nerfacc, a stand-in
-    for nerfacc's loader (importing the real one would build) and every build entry point raising."""
+    for nerfacc's loader (importing the real one would build), an nvcc on PATH in a stand-in toolkit and every build
+    entry point raising."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     monkeypatch.setitem(sys.modules, "nerfacc.csrc", None)  # `import nerfacc.csrc` raises ImportError
     monkeypatch.setattr(nerfacc, "csrc", None, raising=False)
     monkeypatch.setitem(sys.modules, "nerfacc.cuda._backend", types.SimpleNamespace(_C=None))
     monkeypatch.setattr(torch.utils.cpp_extension, "load", _no_build)
-    monkeypatch.setattr(backends, "_run_build", _no_build)
+    monkeypatch.setattr(nerfacc_build, "_run_child", _no_build)
+    monkeypatch.setattr(nerfacc_build, "find_nvcc", lambda: str(tmp_path / "cuda" / "bin" / "nvcc"))
+    monkeypatch.setattr(nerfacc_build, "toolkit_root", lambda nvcc: tmp_path / "cuda")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
     logged: list = []
     monkeypatch.setattr(backends, "_log", logged.append)
     backends.clear_decisions()
@@ -179,7 +196,7 @@ def test_failed_build_reports_the_compiler_error(sim) -> None:
     lock = sim.build_dir / "lock"
     lock.write_text("")
 
-    def failing(timeout_s, log):
+    def failing(args, timeout_s, log, env):
         assert not lock.exists(), "the stale lock must be removed before building"
         log.write_text(CUB_ERROR)
         return 1, CUB_ERROR
@@ -194,7 +211,7 @@ def test_failed_build_reports_the_compiler_error(sim) -> None:
 def test_successful_build_is_then_used(sim, monkeypatch: pytest.MonkeyPatch) -> None:
     assert decide_backend("auto", "cuda").backend == "torch"
 
-    def succeeding(timeout_s, log):
+    def succeeding(args, timeout_s, log, env):
         built = sim.build_dir / "nerfacc_cuda.so"
         built.write_bytes(b"\x7fELF")
         log.write_text("[6/6] c++ ... -o nerfacc_cuda.so\n")
@@ -210,45 +227,70 @@ def test_successful_build_is_then_used(sim, monkeypatch: pytest.MonkeyPatch) -> 
     ("code", "output", "expected"),
     [
         (-1, "", "ran past 60 s"),
-        (3, "NerfAcc: No CUDA toolkit found. NerfAcc will be disabled.", "no CUDA toolkit"),
         (1, "RuntimeError: The detected CUDA version (12.8) mismatches the version used to compile PyTorch (13.0)",
          "mismatches"),
     ],
 )  # fmt: skip
 def test_build_failures_say_why(sim, code: int, output: str, expected: str) -> None:
-    result = build_nerfacc(60, sim.build_dir, run=lambda timeout_s, log: (code, output))
+    result = build_nerfacc(60, sim.build_dir, run=lambda args, timeout_s, log, env: (code, output))
     assert not result.ok and expected in result.message
 
 
+def test_build_needs_nvcc_and_a_gpu_or_an_arch_list(sim, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nerfacc_build, "find_nvcc", lambda: None)
+    result = build_nerfacc(60, sim.build_dir, run=_no_build)
+    assert not result.ok and "no CUDA toolkit (nvcc is not on PATH)" in result.message
+    monkeypatch.setattr(nerfacc_build, "find_nvcc", lambda: "nvcc")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    result = build_nerfacc(60, sim.build_dir, run=_no_build)
+    assert not result.ok and "set TORCH_CUDA_ARCH_LIST" in result.message and "9.0" in result.message
+
+
 def test_old_torch_young_unheld_lock_is_not_removed(sim, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backends, "torch_takes_os_lock", lambda: False)
+    monkeypatch.setattr(nerfacc_build, "torch_takes_os_lock", lambda: False)
     sim.build_dir.mkdir(parents=True)
     lock = sim.build_dir / "lock"
     lock.write_text("")
     result = build_nerfacc(60, sim.build_dir, run=_no_build)
     assert not result.ok and "maybe a build is running" in result.message and lock.exists()
-    old = time.time() - 2 * backends.STALE_LOCK_AGE_S
+    old = time.time() - 2 * nerfacc_build.STALE_LOCK_AGE_S
     os.utime(lock, (old, old))
-    assert "removed the stale lock" in backends.remove_stale_lock(sim.build_dir) and not lock.exists()
+    assert "removed the stale lock" in nerfacc_build.remove_stale_lock(sim.build_dir) and not lock.exists()
 
 
-def test_this_torch_locks_with_an_os_lock() -> None:
-    assert backends.torch_takes_os_lock()  # torch 2.14: FileLock, so an unheld lock file is stale at once
+@pytest.mark.parametrize("file_lock", [True, False])
+def test_a_fresh_unheld_lock_is_stale_only_under_an_os_locking_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_lock: bool
+) -> None:
+    # what the build does with a lock left a second ago depends on the kind of lock this torch's JIT build takes
+    if file_lock:
+        monkeypatch.setattr(torch.utils.cpp_extension, "FileLock", object, raising=False)
+    else:
+        monkeypatch.delattr(torch.utils.cpp_extension, "FileLock", raising=False)
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    if file_lock:  # FileLock: no OS lock on it means no build holds it, whatever its age
+        assert "removed the stale lock" in nerfacc_build.remove_stale_lock(tmp_path) and not lock.exists()
+    else:  # FileBaton: the file is the lock, so a young one may be a running build's
+        with pytest.raises(nerfacc_build.BuildLockedError, match="maybe a build is running"):
+            nerfacc_build.remove_stale_lock(tmp_path)
+        assert lock.exists()
 
 
 def test_child_build_is_killed_at_the_timeout(tmp_path: Path) -> None:
     start = time.perf_counter()
-    code, _ = backends._run_child([sys.executable, "-c", "import time; time.sleep(60)"], 1.0, tmp_path / "log")
+    code, _ = nerfacc_build._run_child([sys.executable, "-c", "import time; time.sleep(60)"], 1.0, tmp_path / "l")
     assert code == -1 and time.perf_counter() - start < 10.0
 
 
 def test_child_build_output_is_logged(tmp_path: Path) -> None:
-    code, output = backends._run_child([sys.executable, "-c", "print('ninja: no work to do')"], 30.0, tmp_path / "l")
+    code, output = nerfacc_build._run_child([sys.executable, "-c", "print('ninja: no work to do')"], 30, tmp_path / "l")
     assert code == 0 and "no work to do" in output and (tmp_path / "l").read_text() == output
 
 
 def test_cli_reports_a_failed_build(tmp_path: Path) -> None:
-    # a real child build in an empty extensions root, with no nvcc on PATH: nerfacc disables itself, the CLI says so
+    # the real CLI in an empty extensions root, with no nvcc on PATH: no build starts, the CLI says why
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "PATH": os.path.dirname(sys.executable)}
     proc = subprocess.run(
         [sys.executable, "-m", "nerfstudio_3dae.scripts.build_nerfacc", "--timeout-s", "120"],
@@ -299,7 +341,7 @@ ninja: build stopped: subcommand failed.
 
 
 def test_error_lines_of_a_real_build() -> None:
-    lines = backends.error_lines(REAL_BUILD_OUTPUT)
+    lines = nerfacc_build.error_lines(REAL_BUILD_OUTPUT)
     assert lines == [
         "FAILED: [code=2] scan.cuda.o",
         '/venv/site-packages/nerfacc/cuda/csrc/scan.cu(28): error: namespace "cub" has no member "Equality"',
@@ -308,13 +350,136 @@ def test_error_lines_of_a_real_build() -> None:
         "ninja: build stopped: subcommand failed.",
     ]
     mismatch = "Traceback ...\nRuntimeError: The detected CUDA version (12.8) mismatches the version (13.0)\n"
-    assert backends.error_lines(mismatch) == [
+    assert nerfacc_build.error_lines(mismatch) == [
         "RuntimeError: The detected CUDA version (12.8) mismatches the version (13.0)"
     ]
-    assert len(backends.error_lines("x" * 1000)[0]) == 300
+    assert len(nerfacc_build.error_lines("x" * 1000)[0]) == 300
 
 
 def test_the_model_decides_its_backend_at_start_up(tiny_dataset) -> None:
     data = tiny_dataset(num_scenes=2)
     with pytest.raises(ValueError, match="--pipeline.model.backend"):  # on the CPU: when the model is built
         tiny_pipeline(rgb_method(), data, backend="nerfacc")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# nerfacc's sources, patched for CUDA 13 / C++20, and their compilation
+
+
+def _fake_csrc(root: Path, scan: str, math: str) -> Path:
+    """A source folder shaped like nerfacc's, with the two patched files' text given."""
+    (root / "include").mkdir(parents=True)
+    (root / "scan.cu").write_text(scan)
+    (root / "include" / "utils_math.cuh").write_text(math)
+    (root / "nerfacc.cpp").write_text("// untouched\n")
+    return root
+
+
+def test_patch_sources_fixes_nerfaccs_sources_once(tmp_path: Path) -> None:
+    src, dest = nerfacc_csrc(), tmp_path / "csrc"
+    done = patch_sources(src, dest)
+    assert done == [
+        "include/utils_math.cuh: replaced 1x 'inline __device__ __host__ float lerp(float a, float b, float t)'",
+        "scan.cu: replaced 2x 'cub::Equality()'",
+    ]
+    scan, math = (dest / "scan.cu").read_text(), (dest / "include" / "utils_math.cuh").read_text()
+    assert "cub::Equality" not in scan and scan.count("::cuda::std::equal_to<>()") == 2
+    assert "#if __cplusplus <= 201703L" in math and math.count("float lerp(float a, float b, float t)") == 1
+    assert "float3 lerp(float3 a, float3 b, float t)" in math  # the vector overloads stay
+    patched = {p.relative_to(dest) for p in dest.rglob("*") if p.is_file()}
+    assert patched == {p.relative_to(src) for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    for name in ("camera.cu", "grid.cu", "pdf.cu", "nerfacc.cpp", "include/utils_scan.cuh"):
+        assert (dest / name).read_bytes() == (src / name).read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()}
+    time.sleep(0.01)
+    assert patch_sources(src, dest) == done  # a second build patches the same way...
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()} == stamps  # ...and rewrites nothing
+    again = patch_sources(dest, tmp_path / "again")  # patched sources (or a nerfacc with these fixes) pass as they are
+    assert again == ["include/utils_math.cuh: already patched", "scan.cu: already patched"]
+    assert (tmp_path / "again" / "include" / "utils_math.cuh").read_text().count("#if __cplusplus") == 1
+    assert extension_sources(dest) == [dest / n for n in ("camera.cu", "grid.cu", "pdf.cu", "scan.cu", "nerfacc.cpp")]
+
+
+def test_patch_fails_naming_the_file_and_the_expected_text(tmp_path: Path) -> None:
+    math = PATCHES[1].old
+    src = _fake_csrc(tmp_path / "changed", "cub::DeviceScan::ExclusiveSumByKey(k, v, o, n, cub::Equality{});\n", math)
+    with pytest.raises(SourcePatchError) as err:
+        patch_sources(src, tmp_path / "out")
+    message = str(err.value)
+    assert str(src / "scan.cu") in message and "'cub::Equality()'" in message and "update PATCHES" in message
+    src = _fake_csrc(tmp_path / "renamed", "", "inline float lerp(float a, float b, float t) { return a; }\n")
+    with pytest.raises(SourcePatchError, match=r"utils_math\.cuh: cannot apply the nerfacc patch \(under C\+\+20"):
+        patch_sources(src, tmp_path / "out2")
+    (src / "scan.cu").unlink()
+    with pytest.raises(SourcePatchError, match=r"scan\.cu: missing"):
+        patch_sources(src, tmp_path / "out3")
+
+
+def test_sources_that_no_longer_use_cub_equality_need_no_patch(tmp_path: Path) -> None:
+    src = _fake_csrc(tmp_path / "newer", "// newer nerfacc: thrust::equal_to<int64_t>()\n", PATCHES[1].new)
+    assert patch_sources(src, tmp_path / "out") == [
+        "include/utils_math.cuh: already patched",
+        "scan.cu: no 'cub::Equality' left, nothing to patch",
+    ]
+    assert (tmp_path / "out" / "scan.cu").read_text() == (src / "scan.cu").read_text()
+
+
+def test_build_compiles_the_patched_sources(sim) -> None:
+    seen = {}
+
+    def child(args, timeout_s, log, env):
+        seen.update(args=args, env=env)
+        (sim.build_dir / "nerfacc_cuda.so").write_bytes(b"\x7fELF")
+        return 0, ""
+
+    result = build_nerfacc(60, sim.build_dir, run=child)
+    assert result.ok, result.message
+    csrc = patched_sources_dir(sim.build_dir)
+    assert csrc == sim.build_dir.parent / "nerfacc_cuda-csrc" and "cub::Equality" not in (csrc / "scan.cu").read_text()
+    build_dir, _includes, *sources = seen["args"][3:]
+    assert build_dir == str(sim.build_dir) and len(sources) == 5
+    assert sources == [str(p) for p in extension_sources(csrc)]
+    assert seen["env"]["CUDA_HOME"] == str(Path(os.environ["TORCH_EXTENSIONS_DIR"]).parent / "cuda")  # nvcc's toolkit
+    assert sorted(p.name for p in sim.build_dir.iterdir()) == ["nerfacc_cuda.so"]  # nothing else in the build folder
+
+
+def test_build_stops_when_the_sources_cannot_be_patched(sim, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(nerfacc_build, "nerfacc_csrc", lambda: _fake_csrc(tmp_path / "other", "", ""))
+    result = build_nerfacc(60, sim.build_dir, run=_no_build)
+    assert not result.ok and "utils_math.cuh: cannot apply the nerfacc patch" in result.message
+    assert not patched_sources_dir(sim.build_dir).exists()  # nothing half-patched is left to build
+
+
+def test_compile_command_follows_torchs_build_file(tmp_path: Path) -> None:
+    toolkit, extra = Path("/opt/cuda"), [tmp_path / "cublas"]
+    cu = nerfacc_build.compile_command(Path("scan.cu"), Path("scan.o"), toolkit, extra, "9.0", "nvcc")
+    assert cu[:5] == ["nvcc", "-c", "scan.cu", "-o", "scan.o"] and cu[-2:] == ["-O3", "-std=c++20"]
+    for flag in ("-DTORCH_EXTENSION_NAME=nerfacc_cuda", "--expt-relaxed-constexpr", "-D__CUDA_NO_HALF_OPERATORS__",
+                 "-gencode=arch=compute_90,code=sm_90", f"-I{extra[0]}", "/opt/cuda/include"):  # fmt: skip
+        assert flag in cu
+    assert str(Path(torch.__file__).parent / "include") in cu and cu.index(f"-I{extra[0]}") < cu.index("-isystem")
+    cpp = nerfacc_build.compile_command(Path("nerfacc.cpp"), Path("n.o"), toolkit, extra)
+    assert "-fPIC" in cpp and "-std=c++20" in cpp and "--expt-relaxed-constexpr" not in cpp
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no host C++ compiler (c++) on PATH")
+def test_compile_check_reports_each_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nerfacc_build, "toolkit_root", lambda nvcc: tmp_path / "cuda")
+    (tmp_path / "good.cpp").write_text("int good() { return 1; }\n")
+    (tmp_path / "bad.cpp").write_text("int bad() { return undefined_name; }\n")
+    results = compile_check([tmp_path / "good.cpp", tmp_path / "bad.cpp"], tmp_path / "obj", nvcc="nvcc")
+    assert [(r.source.name, r.ok) for r in results] == [("good.cpp", True), ("bad.cpp", False)]
+    assert (tmp_path / "obj" / "good.cpp.o").is_file() and results[0].message.startswith("compiled ")
+    bad = results[1].message
+    assert "bad.cpp:1:" in bad and "error" in bad and "undefined_name" in bad
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH: compiling nerfacc needs a CUDA toolkit")
+def test_every_nerfacc_source_compiles_after_the_patch(tmp_path: Path) -> None:
+    # no GPU needed: each patched source to an object, 2 at a time, with torch's flags for sm_90 (minutes on 2 cores)
+    csrc = tmp_path / "csrc"
+    patch_sources(nerfacc_csrc(), csrc)
+    results = compile_check(extension_sources(csrc), tmp_path / "obj", jobs=2)
+    assert [r.source.name for r in results] == ["camera.cu", "grid.cu", "pdf.cu", "scan.cu", "nerfacc.cpp"]
+    failed = [f"{r.source.name} ({r.seconds:.0f} s): {r.message}" for r in results if not r.ok]
+    assert not failed, "\n".join(failed)
