@@ -25,9 +25,9 @@ from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatama
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
+from nerfstudio_3dae.data.dataparser import SCENE_ID, SHARD, ScenesDataParserConfig
 from nerfstudio_3dae.data.images import cached_latents, load_images, views_by_scene
-from nerfstudio_3dae.distributed import owned_scenes, scene_shard
+from nerfstudio_3dae.distributed import Shard, owned_scenes
 from nerfstudio_3dae.image_layout import to_float
 from nerfstudio_3dae.rays import BATCH_LAYOUT, BatchLayout, host_to_device, is_pinhole
 
@@ -112,7 +112,9 @@ class MultiSceneDatamanager(FullImageDatamanager):
             v.tolist() for v in views_by_scene(self.train_scene_ids.tolist(), self.num_scenes)
         ]
         """Training view indices of each scene, as Python lists (drawn from every step)."""
-        self.owned_scenes: List[int] = owned_scenes(self.num_scenes, *scene_shard())
+        self.shard: Shard = self.train_dataparser_outputs.metadata[SHARD]
+        """The shard the dataparser parsed the scenes of (:mod:`nerfstudio_3dae.distributed`)."""
+        self.owned_scenes: List[int] = owned_scenes(self.num_scenes, *self.shard)
         """The scenes this process trains (all of them in a single process)."""
         self._rng = random.Random(config.seed)
         """Draws the training batches (scene order, views) only."""

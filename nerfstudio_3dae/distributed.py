@@ -15,30 +15,47 @@ Small control messages (which parameters have a gradient, rank 0's pause state b
 :func:`follow_main`) travel as CPU tensors through a gloo group (:func:`control_group`), so they never make the host
 wait for the GPU.
 
-Everything here is a no-op without an initialised process group of more than one process.
+This process's :class:`Shard` is read from the process group once, by :func:`scene_shard`, when the run is set up
+(the ``3dae-scenes`` dataparser does it as it parses, and its outputs hand it to the datamanager and the model; the
+pipeline and the trainer take it from there). The gathering, broadcasting and averaging functions here take it as an
+argument and do nothing for a single-process shard (``world_size == 1``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 
-def scene_shard() -> Tuple[int, int]:
-    """``(rank, world_size)`` of this process; ``(0, 1)`` without an initialised process group."""
+class Shard(NamedTuple):
+    """Which scenes a process holds: rank ``rank`` of ``world_size`` processes owns the scenes ``s`` with
+    ``s % world_size == rank`` (a tuple: ``owned_scenes(n, *shard)``)."""
+
+    rank: int
+    world_size: int
+
+    @property
+    def sharded(self) -> bool:
+        """True for a process of a group of more than one (the collectives here do something)."""
+        return self.world_size > 1
+
+
+SINGLE_PROCESS = Shard(0, 1)
+"""The shard of a process that holds every scene."""
+
+
+def scene_shard() -> Shard:
+    """This process's :class:`Shard`, read from the ``torch.distributed`` process group (:data:`SINGLE_PROCESS`
+    without an initialised one). The one place that reads it: called once when a run is set up (by the ``3dae-scenes``
+    dataparser, whose outputs pass it on), and by tools that build no pipeline."""
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_sharded() -> bool:
-    """True in a process group of more than one process."""
-    return scene_shard()[1] > 1
+        return Shard(dist.get_rank(), dist.get_world_size())
+    return SINGLE_PROCESS
 
 
 def owned_scenes(num_scenes: int, rank: int, world_size: int) -> List[int]:
@@ -46,6 +63,29 @@ def owned_scenes(num_scenes: int, rank: int, world_size: int) -> List[int]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     return list(range(rank, num_scenes, world_size))
+
+
+def scene_table_names(module: nn.Module) -> List[str]:
+    """State-dict names of the per-scene tables in ``module`` (rows sharded over the ranks, gathered whole into
+    checkpoints): the ``scene_tables`` each of its submodules declares (a class attribute, the names of its own
+    parameters and buffers: :class:`~nerfstudio_3dae.triplanes.TriplaneBank`,
+    :class:`~nerfstudio_3dae.occupancy.OccupancyGrids`), under that submodule's path. A declared name that is not a
+    parameter or buffer of its module raises (a renamed table would otherwise be left out of the gathering)."""
+    names: List[str] = []
+    for path, sub in module.named_modules():
+        declared = getattr(type(sub), "scene_tables", ())
+        if isinstance(declared, str) or not all(isinstance(name, str) for name in declared):
+            raise TypeError(f"{type(sub).__name__}.scene_tables must be a tuple of names, got {declared!r}")
+        own = {name for name, _ in sub.named_parameters(recurse=False)}
+        own |= {name for name, _ in sub.named_buffers(recurse=False)}
+        missing = [name for name in declared if name not in own]
+        if missing:
+            raise AttributeError(
+                f"{type(sub).__name__} (at {path or 'the top'}) declares per-scene tables {missing} that are not "
+                f"among its parameters and buffers ({', '.join(sorted(own)) or 'none'})"
+            )
+        names += [f"{path}.{name}" if path else name for name in declared]
+    return names
 
 
 GATHER_BLOCK_BYTES = 64 * 2**20
@@ -105,15 +145,16 @@ def own_rows(table: Tensor, num_scenes: int, rank: int, world_size: int) -> Tens
     return table if world_size == 1 else table[rank::world_size].clone()
 
 
-def gather_scene_rows(local: Tensor, num_scenes: int, block_bytes: int = GATHER_BLOCK_BYTES) -> Tensor:
+def gather_scene_rows(local: Tensor, num_scenes: int, shard: Shard, block_bytes: int = GATHER_BLOCK_BYTES) -> Tensor:
     """The whole table ``[num_scenes, ...]`` from every rank's rows ``[n_r, ...]``, in rank 0's CPU memory
-    (collective: every rank calls it; the others get their own ``local`` rows back and never hold the whole table).
+    (collective: every rank of ``shard``'s group calls it; the others get their own ``local`` rows back and never
+    hold the whole table).
 
     The rows travel in blocks of at most ``block_bytes`` (all ranks' rows of a block together, at least one row per
     rank), each copied into the CPU table as it arrives: rank 0's device holds one block at a time, whatever the
     number of scenes. NCCL moves device tensors, gloo CPU ones (:func:`transport_device`). In a single process the
     table itself is returned, wherever it is."""
-    rank, world = scene_shard()
+    rank, world = shard
     if world == 1:
         return local
     if block_bytes < 1:
@@ -141,25 +182,25 @@ def gather_scene_rows(local: Tensor, num_scenes: int, block_bytes: int = GATHER_
 
 
 @torch.no_grad()
-def broadcast_from_main(tensors: Iterable[Tensor]) -> None:
+def broadcast_from_main(tensors: Iterable[Tensor], shard: Shard) -> None:
     """Overwrite ``tensors`` on every rank with rank 0's values (collective)."""
-    if not is_sharded():
+    if not shard.sharded:
         return
     for tensor in tensors:
         dist.broadcast(tensor.data, src=0)
 
 
 @torch.no_grad()
-def average_gradients(params: Sequence[Tensor]) -> None:
+def average_gradients(params: Sequence[Tensor], shard: Shard) -> None:
     """Average the (dense) gradients of replicated parameters over the ranks, in one all-reduce (collective).
 
     A parameter without a gradient on some ranks counts as a zero gradient there; one without a gradient on every
     rank keeps ``grad = None`` (its optimiser then skips it, as in a single process). Which parameters have one is
     agreed on the CPU (:func:`control_group`): the host never waits for the device here.
     """
-    if not is_sharded() or not params:
+    if not shard.sharded or not params:
         return
-    world = dist.get_world_size()
+    world = shard.world_size
     reference = params[0]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     if any(g.is_sparse for g in grads):
@@ -176,9 +217,9 @@ def average_gradients(params: Sequence[Tensor]) -> None:
         offset += size
 
 
-def broadcast_object(value):
-    """Rank 0's ``value`` on every rank (collective; a plain return without a process group)."""
-    if not is_sharded():
+def broadcast_object(value, shard: Shard):
+    """Rank 0's ``value`` on every rank (collective; a plain return in a single process)."""
+    if not shard.sharded:
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -186,14 +227,16 @@ def broadcast_object(value):
 
 
 def gather_optimizer_state(
-    state: Dict[str, Any], num_scenes: int, block_bytes: int = GATHER_BLOCK_BYTES
+    state: Dict[str, Any], num_scenes: int, shard: Shard, block_bytes: int = GATHER_BLOCK_BYTES
 ) -> Dict[str, Any]:
     """A per-scene optimiser's ``state_dict`` with every per-row state tensor gathered into whole tables in rank 0's
     CPU memory (:func:`gather_scene_rows`; scalars are kept as they are; collective: every rank must hold the same
     state keys)."""
     gathered = {
         index: {
-            name: gather_scene_rows(value, num_scenes, block_bytes) if torch.is_tensor(value) and value.ndim else value
+            name: gather_scene_rows(value, num_scenes, shard, block_bytes)
+            if torch.is_tensor(value) and value.ndim
+            else value
             for name, value in sorted(entry.items())
         }
         for index, entry in sorted(state["state"].items())

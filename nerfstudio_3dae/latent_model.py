@@ -30,7 +30,7 @@ from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, is_
 from nerfstudio_3dae.autoencoder_source import bases_beside_autoencoder, load_bases, resolve_autoencoder
 from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw, shift_images
 from nerfstudio_3dae.metrics import batch_psnr, image_metrics, rgb_metrics
-from nerfstudio_3dae.model import TriplaneModel, TriplaneModelConfig
+from nerfstudio_3dae.model import PARAM_GROUP, TriplaneModel, TriplaneModelConfig
 
 Phase = Literal["ae_pretrain", "warmup", "joint", "latent", "finetune"]
 
@@ -215,16 +215,16 @@ class LatentTriplaneModel(TriplaneModel):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = super().get_param_groups()
         named = list(self.autoencoder.model.named_parameters())
-        groups["decoder"] = [p for n, p in named if not is_encoder_tensor(n)]
+        groups[PARAM_GROUP.decoder] = [p for n, p in named if not is_encoder_tensor(n)]
         if self.config.stage == "autoencoder":
-            groups["encoder"] = [p for n, p in named if is_encoder_tensor(n)]
+            groups[PARAM_GROUP.encoder] = [p for n, p in named if is_encoder_tensor(n)]
         return groups
 
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
-        c = self.config
+        c, g = self.config, PARAM_GROUP
         lr_changes = {  # phase -> (code, groups, factor)
-            "joint": (1, ("micro", "mlp"), c.joint_plane_lr_factor),
-            "finetune": (2, ("micro", "mixing", "bases", "mlp"), c.finetune_plane_lr_factor),
+            "joint": (1, (g.micro, g.mlp), c.joint_plane_lr_factor),
+            "finetune": (2, (g.micro, g.mixing, g.bases, g.mlp), c.finetune_plane_lr_factor),
         }
 
         def before_step(step: int) -> None:
@@ -260,12 +260,14 @@ class LatentTriplaneModel(TriplaneModel):
                 out["rgb"] = self.autoencoder.decode(rendered["features"])
         return out
 
-    def target_latents(self, batch, phase: str) -> Tensor:
+    def target_latents(self, batch, phase: str, image: Tensor) -> Tensor:
+        """The latents the render is compared with: the cached ones, or (stage 1's joint phase) the encoded
+        ``image``, the batch's images as :meth:`batch_images` gives them."""
         if phase in ("warmup", "latent", "finetune") and "latent" in batch:
             return batch["latent"].to(self.device)
         if phase in ("warmup", "latent", "finetune"):
             raise RuntimeError(f"phase {phase!r} needs cached latents; the pipeline attaches them to the datamanager")
-        return self.autoencoder.encode(hwc_to_nchw(batch["image"]).to(self.device))
+        return self.autoencoder.encode(image)
 
     @staticmethod
     def seen_by_rays(outputs, image: Tensor) -> Tensor:
@@ -274,7 +276,7 @@ class LatentTriplaneModel(TriplaneModel):
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         c, phase = self.config, self.active_phase
-        image = hwc_to_nchw(batch["image"]).to(self.device)
+        image = self.batch_images(batch)  # once, for every loss that needs it
         losses: Dict[str, Tensor] = {}
         if phase in ("ae_pretrain", "joint"):
             losses["ae_loss"] = c.ae_weight * F.mse_loss(self.autoencoder(image), image)
@@ -282,7 +284,8 @@ class LatentTriplaneModel(TriplaneModel):
             return losses
         latent_weight = c.finetune_latent_weight if phase == "finetune" else c.latent_weight
         if latent_weight > 0:
-            losses["latent_loss"] = latent_weight * F.mse_loss(outputs["latent"], self.target_latents(batch, phase))
+            target = self.target_latents(batch, phase, image)
+            losses["latent_loss"] = latent_weight * F.mse_loss(outputs["latent"], target)
         if "rgb" in outputs:
             losses["rgb_loss"] = c.rgb_weight * F.mse_loss(outputs["rgb"], self.seen_by_rays(outputs, image))
         losses.update(self.regularisers(outputs))
@@ -295,7 +298,7 @@ class LatentTriplaneModel(TriplaneModel):
                 outputs["latent"].detach(), batch["latent"].to(self.device), data_range=self.latent_data_range
             )
         if "rgb" in outputs:
-            image = self.seen_by_rays(outputs, hwc_to_nchw(batch["image"]).to(self.device))
+            image = self.seen_by_rays(outputs, self.batch_images(batch))
             metrics["psnr"] = batch_psnr(outputs["rgb"].detach().clamp(0, 1), image, data_range=1.0)
         return metrics
 

@@ -21,7 +21,7 @@ from nerfstudio.plugins.types import MethodSpecification
 from nerfstudio_3dae.data.dataparser import ScenesDataParserConfig
 from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig
 from nerfstudio_3dae.latent_model import LatentTriplaneModelConfig
-from nerfstudio_3dae.model import TriplaneModelConfig
+from nerfstudio_3dae.model import PARAM_GROUP, TriplaneModelConfig
 from nerfstudio_3dae.pipeline import ThreeDAEPipelineConfig
 from nerfstudio_3dae.sparse_adam import FusedAdamOptimizerConfig, RowSparseAdamOptimizerConfig
 from nerfstudio_3dae.trainer import EVAL_ALL_IMAGES_AT_END, ThreeDAETrainerConfig
@@ -43,10 +43,10 @@ def _scene_groups(plane_lr: float, basis_lr: float, final_factor: Optional[float
         return group
 
     return {
-        "micro": adam(plane_lr, sparse=True),
-        "mixing": adam(basis_lr, sparse=True),
-        "mlp": adam(plane_lr),
-        "bases": adam(basis_lr),
+        PARAM_GROUP.micro: adam(plane_lr, sparse=True),
+        PARAM_GROUP.mixing: adam(basis_lr, sparse=True),
+        PARAM_GROUP.mlp: adam(plane_lr),
+        PARAM_GROUP.bases: adam(basis_lr),
     }
 
 
@@ -77,7 +77,11 @@ def autoencoder_method() -> ThreeDAETrainerConfig:
     # D(E(x)) on new scenes; 1.0 costs 0.2 dB: docs/quality.md)
     model = LatentTriplaneModelConfig(stage="autoencoder", warmup_steps=500, ae_weight=1.0)
     # warm-up rates; the joint phase multiplies micro/MLP by joint_plane_lr_factor (1e-2 -> 1e-3)
-    optimizers = {**_scene_groups(1e-2, 1e-2, None, steps), "encoder": _adam(1e-4), "decoder": _adam(1e-4)}
+    optimizers = {
+        **_scene_groups(1e-2, 1e-2, None, steps),
+        PARAM_GROUP.encoder: _adam(1e-4),
+        PARAM_GROUP.decoder: _adam(1e-4),
+    }
     return _trainer("3dae-autoencoder", steps, model, 8, optimizers)
 
 
@@ -87,7 +91,8 @@ def latent_method() -> ThreeDAETrainerConfig:
     # latent loss, planes at their rate, the decoder learning); training rays jittered inside their latent pixels
     # (without, the scenes over-fit their training views): docs/quality.md measures each choice
     model = LatentTriplaneModelConfig(stage="scenes", finetune_start=750, pixel_jitter=True)
-    return _trainer("3dae-latent", steps, model, 8, {**_scene_groups(1e-2, 1e-2, 0.1, steps), "decoder": _adam(1e-4)})
+    optimizers = {**_scene_groups(1e-2, 1e-2, 0.1, steps), PARAM_GROUP.decoder: _adam(1e-4)}
+    return _trainer("3dae-latent", steps, model, 8, optimizers)
 
 
 RGB_TRIPLANE_CHANNELS = 32

@@ -7,7 +7,6 @@ that carry none (viewer, ns-render paths), from :attr:`TriplaneModel.scene`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
@@ -23,7 +22,8 @@ from torch.nn import Parameter
 
 from nerfstudio_3dae.backends import decide_backend
 from nerfstudio_3dae.checkpoints import allow_nerfstudio_checkpoints
-from nerfstudio_3dae.distributed import broadcast_object, owned_scenes, rows_of, scene_shard
+from nerfstudio_3dae.data.dataparser import SHARD
+from nerfstudio_3dae.distributed import Shard, broadcast_object, owned_scenes, rows_of, scene_table_names
 from nerfstudio_3dae.field import RenderSettings, TriplaneField
 from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
 from nerfstudio_3dae.metrics import batch_psnr, rgb_metrics
@@ -33,21 +33,29 @@ from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
 
 allow_nerfstudio_checkpoints()
 
-SCENE_ENV = "NS3DAE_SCENE"
-"""Environment variable read once when a model is built: the initial :attr:`TriplaneModel.scene`. Only for the stock
-``ns-render`` / ``ns-viewer``, which build the model themselves; code that holds the model sets ``model.scene``."""
 
-SCENE_TABLES = (
-    "field.bank.micro",
-    "field.bank.weights",
-    "field.bank.bias",
-    "field.occupancy.bits",
-    "field.occupancy.visits",
-    "field.occupancy.updates",
-)
-"""Parameters and buffers with one row per scene (sharded over the ranks of a multi-process run; the occupancy
-grids exist only with ``occupancy_resolution > 0``)."""
-SCENE_PARAM_GROUPS = ("micro", "mixing")
+@dataclass(frozen=True)
+class ParamGroupNames:
+    """The names of the optimiser parameter groups: the keys of ``get_param_groups`` and of the methods' optimizer
+    configs (plain strings: nerfstudio writes them into config.yml)."""
+
+    micro: str = "micro"
+    """Per-scene micro planes (``TriplaneBank.micro``)."""
+    mixing: str = "mixing"
+    """Per-scene mixing weights and bias of the shared bases (``TriplaneBank.weights``, ``.bias``)."""
+    bases: str = "bases"
+    """The shared basis planes."""
+    mlp: str = "mlp"
+    """The shared decoder MLP of the tri-planes."""
+    decoder: str = "decoder"
+    """The autoencoder's decoder (latent methods)."""
+    encoder: str = "encoder"
+    """The autoencoder's encoder (stage 1)."""
+
+
+PARAM_GROUP = ParamGroupNames()
+"""The optimiser parameter-group names, spelled once: ``PARAM_GROUP.micro`` etc."""
+SCENE_PARAM_GROUPS = (PARAM_GROUP.micro, PARAM_GROUP.mixing)
 """Optimiser groups of the per-scene tables (their state is per row too)."""
 
 
@@ -132,12 +140,13 @@ class TriplaneModel(Model):
         super().populate_modules()
         allow_nerfstudio_checkpoints()  # again here: eval_setup builds the model right before torch.load
         metadata = self.kwargs.get("metadata") or {}
-        if "num_scenes" not in metadata:
-            raise ValueError("3dae models need the 3dae-scenes dataparser (its outputs carry num_scenes)")
+        if "num_scenes" not in metadata or SHARD not in metadata:
+            raise ValueError("3dae models need the 3dae-scenes dataparser (its outputs carry num_scenes and shard)")
         self.num_scenes: int = int(metadata["num_scenes"])
         self.scene_names: List[str] = list(metadata.get("scene_names") or [str(i) for i in range(self.num_scenes)])
-        self.shard = scene_shard()
-        """``(rank, world_size)``: this process holds the rows of the scenes ``s % world_size == rank``."""
+        self.shard = Shard(*metadata[SHARD])
+        """``(rank, world_size)``, as the dataparser parsed the scenes: this process holds the rows of the scenes
+        ``s % world_size == rank``."""
         self.owned_scenes = owned_scenes(self.num_scenes, *self.shard)
         """Ids of the scenes whose per-scene tables this process holds (all of them in a single process)."""
         owned_names = [self.scene_names[s] for s in self.owned_scenes]
@@ -145,10 +154,8 @@ class TriplaneModel(Model):
         self.scene_picker = ViewerDropdown(
             "Scene", self.scene_names[self._scene], owned_names, cb_hook=self._on_scene_picked
         )
-        if os.environ.get(SCENE_ENV):  # the way in for the stock ns-render / ns-viewer, which build the model
-            self.scene = resolve_scene(os.environ[SCENE_ENV], self.scene_names, where=SCENE_ENV)
         c = self.config
-        seed = broadcast_object(int(torch.randint(0, 2**31 - 1, ()).item()))  # every rank: rank 0's seed
+        seed = broadcast_object(int(torch.randint(0, 2**31 - 1, ()).item()), self.shard)  # rank 0's, on every rank
         bank = TriplaneBank(
             len(self.owned_scenes),
             c.resolution,
@@ -202,7 +209,11 @@ class TriplaneModel(Model):
 
     @scene.setter
     def scene(self, value: "int | str") -> None:
-        self._scene = resolve_scene(str(value), self.scene_names, where="model.scene")
+        self.set_scene(value)
+
+    def set_scene(self, value: "int | str", where: str = "model.scene") -> None:
+        """:attr:`scene` = ``value``; an unknown one raises an error that names ``where`` it came from."""
+        self._scene = resolve_scene(str(value), self.scene_names, where=where)
         name = self.scene_names[self._scene]
         if self.scene_picker.value != name and name in self.scene_picker.options:
             self.scene_picker.value = name
@@ -260,11 +271,23 @@ class TriplaneModel(Model):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         bank = self.field.bank
         return {
-            "micro": [bank.micro],
-            "mixing": [bank.weights, bank.bias],
-            "bases": [bank.bases],
-            "mlp": list(self.field.mlp.parameters()),
+            PARAM_GROUP.micro: [bank.micro],
+            PARAM_GROUP.mixing: [bank.weights, bank.bias],
+            PARAM_GROUP.bases: [bank.bases],
+            PARAM_GROUP.mlp: list(self.field.mlp.parameters()),
         }
+
+    def scene_state(self) -> Dict[str, Tensor]:
+        """The parameters and buffers with one row per scene (sharded over the ranks of a multi-process run) by
+        state-dict name: the tables the bank and the occupancy grids declare (:func:`scene_table_names`)."""
+        tensors = {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        return {name: tensors[name] for name in scene_table_names(self)}
+
+    def batch_images(self, batch: Dict[str, Tensor]) -> Float[Tensor, "K 3 H W"]:
+        """A batch's images ``[K, H, W, 3]`` (or one ``[H, W, 3]``) as the renders are laid out, ``[K, 3, H, W]`` on the
+        model's device (a view where they already are there): made once per loss or metric computation and passed
+        along."""
+        return hwc_to_nchw(batch["image"]).to(self.device)
 
     # -------------------------------------------------------------------------------- nerfstudio API
 
@@ -278,11 +301,11 @@ class TriplaneModel(Model):
         }
 
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
-        gt = hwc_to_nchw(batch["image"]).to(self.device)
+        gt = self.batch_images(batch)
         return {"psnr": batch_psnr(outputs["rgb"].detach().clamp(0, 1), gt, data_range=1.0)}
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
-        gt = hwc_to_nchw(batch["image"]).to(self.device)
+        gt = self.batch_images(batch)
         return {"rgb_loss": F.mse_loss(outputs["rgb"], gt), **self.regularisers(outputs)}
 
     def regularisers(self, outputs) -> Dict[str, Tensor]:
@@ -330,7 +353,7 @@ def flat_on(cameras: Cameras, device: torch.device) -> Cameras:
     return cameras if cameras.device == torch.device(device) else cameras.to(device)
 
 
-def resolve_scene(value: str, names: List[str], where: str = SCENE_ENV) -> int:
+def resolve_scene(value: str, names: List[str], where: str = "model.scene") -> int:
     """A scene given by name or by id (its position in the run's selection); errors name ``where`` it came from."""
     if value in names:
         return names.index(value)

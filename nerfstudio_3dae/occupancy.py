@@ -160,6 +160,9 @@ class OccupancyGrids(nn.Module):
     :meth:`update` recomputes grids from density; :meth:`train_batch` decides when.
     """
 
+    scene_tables = ("bits", "visits", "updates")
+    """The buffers with one row per scene (all of them)."""
+
     def __init__(
         self,
         num_scenes: int,

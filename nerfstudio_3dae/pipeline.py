@@ -3,7 +3,9 @@ filling the datamanager's latent cache with the model's encoder, and exporting a
 
 In a multi-process run (``world_size > 1``) the pipeline does not wrap the model in DDP: DDP would all-reduce the
 per-scene tables, which are rank-local (:mod:`nerfstudio_3dae.distributed`). Shared parameters start from rank 0's
-values here and are averaged by :class:`~nerfstudio_3dae.trainer.ShardedOptimizers`.
+values here and are averaged by :class:`~nerfstudio_3dae.trainer.ShardedOptimizers`. The run's shard is the one its
+dataparser parsed the scenes for (:attr:`ThreeDAEPipeline.shard`, from the model, which has it from the dataparser's
+outputs); the trainer takes it from here.
 """
 
 from __future__ import annotations
@@ -25,10 +27,9 @@ from nerfstudio_3dae.autoencoder import encode_in_batches
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
 from nerfstudio_3dae.data.dataparser import SCENE_ID
 from nerfstudio_3dae.datamanager import MultiSceneDatamanager
-from nerfstudio_3dae.distributed import broadcast_from_main, gather_scene_rows, own_rows, scene_shard
+from nerfstudio_3dae.distributed import Shard, broadcast_from_main, gather_scene_rows, own_rows
 from nerfstudio_3dae.latent_model import LatentTriplaneModel
 from nerfstudio_3dae.metrics import aggregate, lpips_unavailable_reason
-from nerfstudio_3dae.model import SCENE_TABLES
 from nerfstudio_3dae.viewer_start import StartAtTrainingCamera
 
 MODEL_PREFIX = "_model."
@@ -60,18 +61,23 @@ class ThreeDAEPipeline(VanillaPipeline):
 
     def __init__(self, config: ThreeDAEPipelineConfig, device: str, test_mode="val", world_size: int = 1, **kwargs):
         if world_size > 1:
-            _check_distributed(config, world_size)
+            _check_sparse_gradients(config)
             if str(device).startswith("cuda"):  # NCCL's object collectives use the current device
                 torch.cuda.set_device(torch.device(device))
         # world_size=1: no DDP wrapper (see the module docstring); the scenes are sharded by the process group
         super().__init__(config, device, test_mode=test_mode, world_size=1, **kwargs)
+        self.shard: Shard = self.model.shard
+        """``(rank, world_size)`` of this process, as the dataparser parsed the scenes for it."""
+        if world_size > 1:
+            _check_world_size(world_size, self.shard)
         if isinstance(self.datamanager, MultiSceneDatamanager):
             self.datamanager.fit_batch(self.model.downscale)
         self._latents_of: Optional[str] = None
         scene_tables = {id(t) for t in self._scene_tables().values()}
-        broadcast_from_main(t for t in self.model.state_dict(keep_vars=True).values() if id(t) not in scene_tables)
+        shared_state = (t for t in self.model.state_dict(keep_vars=True).values() if id(t) not in scene_tables)
+        broadcast_from_main(shared_state, self.shard)
         per_scene, shared = memory_report(self.model)
-        rank, world = scene_shard()
+        rank, world = self.shard
         CONSOLE.log(
             f"{self.model.num_scenes} scenes"
             + (f" ({len(self.model.owned_scenes)} on rank {rank} of {world})" if world > 1 else "")
@@ -90,24 +96,22 @@ class ThreeDAEPipeline(VanillaPipeline):
 
     def _scene_tables(self) -> Dict[str, torch.Tensor]:
         """The per-scene parameters and buffers (occupancy grids) by their key in the pipeline's state dict."""
-        tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
-        return {MODEL_PREFIX + name: tensors[name] for name in SCENE_TABLES if name in tensors}
+        return {MODEL_PREFIX + name: tensor for name, tensor in self.model.scene_state().items()}
 
     def checkpoint_state(self) -> Dict[str, Any]:
         """``state_dict()`` with whole per-scene tables (collective in a multi-process run: rows gathered from every
         rank into rank 0's CPU memory, in blocks), so a checkpoint loads in any number of processes."""
         state = self.state_dict()
         for key in self._scene_tables():
-            state[key] = gather_scene_rows(state[key], self.model.num_scenes)
+            state[key] = gather_scene_rows(state[key], self.model.num_scenes, self.shard)
         return state
 
     def load_pipeline(self, loaded_state: Dict[str, Any], step: int) -> None:
         """Load a checkpoint; each process keeps the rows of its own scenes."""
-        rank, world = scene_shard()
         state = dict(loaded_state)
         for key in self._scene_tables():
             if key in state:
-                state[key] = own_rows(state[key], self.model.num_scenes, rank, world)
+                state[key] = own_rows(state[key], self.model.num_scenes, *self.shard)
         super().load_pipeline(state, step)
 
     @property
@@ -219,14 +223,18 @@ class ThreeDAEPipeline(VanillaPipeline):
         return callbacks
 
 
-def _check_distributed(config: ThreeDAEPipelineConfig, world_size: int) -> None:
-    """Clear errors for multi-process runs that cannot work."""
-    rank, world = scene_shard()
-    if world != world_size:
+def _check_world_size(world_size: int, shard: Shard) -> None:
+    """A clear error for a multi-process run launched without its process group."""
+    if shard.world_size != world_size:
         raise RuntimeError(
-            f"world_size={world_size} but the torch.distributed process group has {world} processes: launch "
-            "multi-process runs with ns-train --machine.num-devices (CUDA), ns-3dae-train or torchrun (docs/scaling.md)"
+            f"world_size={world_size} but the torch.distributed process group has {shard.world_size} processes: "
+            "launch multi-process runs with ns-train --machine.num-devices (CUDA), ns-3dae-train or torchrun "
+            "(docs/scaling.md)"
         )
+
+
+def _check_sparse_gradients(config: ThreeDAEPipelineConfig) -> None:
+    """A clear error for a multi-process run that cannot work, before any data is read."""
     if not getattr(config.model, "sparse_scene_gradients", True):
         raise ValueError(
             "multi-process runs need --pipeline.model.sparse-scene-gradients True (row-sparse Adam keeps one step "

@@ -48,14 +48,14 @@ from nerfstudio_3dae.checkpoints import DamagedCheckpointError, atomic_save, che
 from nerfstudio_3dae.distributed import (
     PAUSE_KEEPALIVE_S,
     PAUSED,
+    SINGLE_PROCESS,
     STOP,
     TRAIN,
+    Shard,
     average_gradients,
     follow_main,
     gather_optimizer_state,
-    is_sharded,
     own_optimizer_state,
-    scene_shard,
     to_device,
 )
 from nerfstudio_3dae.model import SCENE_PARAM_GROUPS
@@ -152,7 +152,8 @@ def sharded_grad_scaler(scaler: GradScaler, device: str) -> GradScaler:
 
 
 class ShardedOptimizers(Optimizers):
-    """nerfstudio's ``Optimizers`` for scenes sharded over ranks (plain ``Optimizers`` in a single process).
+    """nerfstudio's ``Optimizers`` for scenes sharded over the ranks of ``shard``'s group (plain ``Optimizers`` in a
+    single process).
 
     Before any optimiser step the gradients of the replicated groups (all but ``scene_groups``) are averaged over the
     ranks in one all-reduce; the per-scene groups step on their own rows, with gradients divided by the number of
@@ -171,15 +172,17 @@ class ShardedOptimizers(Optimizers):
         param_groups: Dict[str, List[Parameter]],
         scene_groups: Sequence[str],
         num_scenes: int,
+        shard: Shard,
     ) -> None:
         super().__init__(config, param_groups)
         self.scene_groups = [g for g in scene_groups if g in self.optimizers]
         self.num_scenes = num_scenes
+        self.shard = shard
 
     def _average(self, groups: Sequence[str]) -> None:
         shared = [g for g in self.optimizers if g not in self.scene_groups and g in groups]  # same order on all ranks
-        average_gradients([p for g in shared for p in self.parameters[g] if p.requires_grad])
-        world = scene_shard()[1]
+        average_gradients([p for g in shared for p in self.parameters[g] if p.requires_grad], self.shard)
+        world = self.shard.world_size
         scene_params = [p for g in self.scene_groups if g in groups for p in self.parameters[g]]
         for p in scene_params if world > 1 else []:
             if p.grad is not None:
@@ -198,7 +201,7 @@ class ShardedOptimizers(Optimizers):
 
     def optimizer_scaler_step_some(self, grad_scaler: GradScaler, param_groups: List[str]) -> None:
         self._average(param_groups)
-        if not is_sharded() or not grad_scaler.is_enabled():
+        if not self.shard.sharded or not grad_scaler.is_enabled():
             super().optimizer_scaler_step_some(grad_scaler, param_groups)
             return
         if not isinstance(grad_scaler, ShardedGradScaler):
@@ -224,15 +227,14 @@ class ShardedOptimizers(Optimizers):
                 if isinstance(optimizer, RowSparseAdam):  # same state keys on every rank, even before a step
                     for p in self.parameters[name]:
                         optimizer.state_for(p)
-                states[name] = gather_optimizer_state(optimizer.state_dict(), self.num_scenes)
+                states[name] = gather_optimizer_state(optimizer.state_dict(), self.num_scenes, self.shard)
             else:
                 states[name] = optimizer.state_dict()
         return states
 
     def load_optimizers(self, loaded_state: Dict[str, Any]) -> None:
-        rank, world = scene_shard()
         loaded = {
-            name: own_optimizer_state(state, self.num_scenes, rank, world) if name in self.scene_groups else state
+            name: own_optimizer_state(state, self.num_scenes, *self.shard) if name in self.scene_groups else state
             for name, state in loaded_state.items()
         }
         super().load_optimizers(loaded)
@@ -247,8 +249,8 @@ class ThreeDAETrainer(Trainer):
     def __init__(self, config: ThreeDAETrainerConfig, local_rank: int = 0, world_size: int = 1) -> None:
         self._gated = False
         super().__init__(config, local_rank=local_rank, world_size=world_size)
-        if is_sharded():
-            self.grad_scaler = sharded_grad_scaler(self.grad_scaler, self.device)
+        self.shard: Shard = SINGLE_PROCESS
+        """This process's scenes: the pipeline's shard, taken once it is built (:meth:`setup_optimizers`)."""
 
     @property
     def step(self) -> int:
@@ -279,11 +281,18 @@ class ThreeDAETrainer(Trainer):
             self.training_state = "training"  # e.g. --start-paused: only rank 0's viewer can resume it
 
     def setup_optimizers(self) -> Optimizers:
+        """Called by nerfstudio's ``setup`` right after it built the pipeline, before a checkpoint is loaded: the run's
+        shard is the pipeline's from here on; a multi-process run scales with a ``ShardedGradScaler``
+        (:func:`sharded_grad_scaler`), whose state a resumed run then loads."""
+        self.shard = self.pipeline.shard
+        if self.shard.sharded:
+            self.grad_scaler = sharded_grad_scaler(self.grad_scaler, self.device)
         return ShardedOptimizers(
             self.config.optimizers.copy(),
             self.pipeline.get_param_groups(),
             SCENE_PARAM_GROUPS,
             self.pipeline.model.num_scenes,
+            self.shard,
         )
 
     def setup(self, test_mode="val") -> None:
@@ -378,7 +387,7 @@ class ThreeDAETrainer(Trainer):
                 torch.set_num_threads(self.config.cpu_threads)
             elif torch.get_num_threads() > 1:
                 self._thread_probe = ThreadProbe((1, torch.get_num_threads()))
-        self._gated = is_sharded()
+        self._gated = self.shard.sharded
         try:
             super().train()
         finally:

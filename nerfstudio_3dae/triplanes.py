@@ -159,6 +159,9 @@ class TriplaneBank(nn.Module):
     table. Without them the rows are drawn from torch's global generator.
     """
 
+    scene_tables = ("micro", "weights", "bias")
+    """The parameters with one row per scene (the rest, ``bases``, are shared by every scene)."""
+
     def __init__(
         self,
         num_scenes: int,

@@ -27,6 +27,7 @@ from nerfstudio_3dae.distributed import (
     own_rows,
     owned_scenes,
     rows_of,
+    scene_shard,
     to_device,
     transport_device,
 )
@@ -114,14 +115,14 @@ def _collectives(rank: int, port: int, results) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
     try:
         mine = torch.tensor(owned_scenes(5, rank, 2), dtype=torch.float32)[:, None] * torch.ones(1, 2)
-        whole = gather_scene_rows(mine, 5)
+        whole = gather_scene_rows(mine, 5, scene_shard())
         shared = torch.nn.Parameter(torch.zeros(3))
         only_rank1 = torch.nn.Parameter(torch.zeros(2))
         unused = torch.nn.Parameter(torch.zeros(1))
         shared.grad = torch.full((3,), float(rank + 1))  # 1 and 2: mean 1.5
         if rank == 1:
             only_rank1.grad = torch.full((2,), 4.0)  # rank 0 counts zero: mean 2
-        average_gradients([shared, only_rank1, unused])
+        average_gradients([shared, only_rank1, unused], scene_shard())
         results[rank] = (whole.tolist(), shared.grad.tolist(), only_rank1.grad.tolist(), unused.grad)
         # 7 scenes: rank 0 holds 0 2 4 6, rank 1 holds 1 3 5; rows of several dtypes, in blocks of one row per rank
         scenes = torch.tensor(owned_scenes(7, rank, 2))
@@ -130,13 +131,13 @@ def _collectives(rank: int, port: int, results) -> None:
             "int64": scenes * 1000,
             "bool": (scenes % 3 == 0)[:, None].expand(-1, 4).contiguous(),
         }
-        blocked = {name: gather_scene_rows(t, 7, block_bytes=1) for name, t in tables.items()}
-        default = {name: gather_scene_rows(t, 7) for name, t in tables.items()}
+        blocked = {name: gather_scene_rows(t, 7, scene_shard(), block_bytes=1) for name, t in tables.items()}
+        default = {name: gather_scene_rows(t, 7, scene_shard()) for name, t in tables.items()}
         optimizer = {"state": {0: {"exp_avg": tables["float"], "step": torch.tensor(5.0)}}, "param_groups": [0]}
-        gathered = gather_optimizer_state(optimizer, 7, block_bytes=50)
+        gathered = gather_optimizer_state(optimizer, 7, scene_shard(), block_bytes=50)
         results[f"blocks{rank}"] = (blocked, default, gathered)
         with pytest.raises(ValueError, match="block_bytes must be >= 1"):
-            gather_scene_rows(tables["float"], 7, block_bytes=0)
+            gather_scene_rows(tables["float"], 7, scene_shard(), block_bytes=0)
     finally:
         dist.destroy_process_group()
 

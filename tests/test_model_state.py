@@ -14,9 +14,9 @@ from conftest import tiny_pipeline, tiny_test_config
 
 from nerfstudio_3dae.autoencoder import NormaliserConfig, build_autoencoder
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
+from nerfstudio_3dae.checkpoints import SCENE_ENV, scene_from_environment
 from nerfstudio_3dae.latent_model import latent_range
 from nerfstudio_3dae.method_configs import latent_method, rgb_method
-from nerfstudio_3dae.model import SCENE_ENV
 from nerfstudio_3dae.scripts import render as render_script
 
 TANH_HALF = NormaliserConfig("tanh", 0.5)
@@ -75,11 +75,14 @@ def test_the_rendered_scene_is_a_model_attribute(tiny_dataset, monkeypatch, one_
     with pytest.raises(ValueError, match="model.scene='3'"):
         model.scene = 3
 
-    monkeypatch.setenv(SCENE_ENV, "obj_002")  # the way in for stock ns-render: read once, at construction
-    assert tiny_pipeline(rgb_method(), data).model.scene == 2
+    monkeypatch.setenv(SCENE_ENV, "obj_002")  # the way in for stock ns-render: read once, where eval_setup loads
+    fresh = tiny_pipeline(rgb_method(), data).model
+    assert fresh.scene == 0, "building a model reads no environment variable"
+    scene_from_environment(fresh)
+    assert fresh.scene == 2
     monkeypatch.setenv(SCENE_ENV, "nope")
     with pytest.raises(ValueError, match=SCENE_ENV):
-        tiny_pipeline(rgb_method(), data)
+        scene_from_environment(fresh)
 
 
 class _Model:

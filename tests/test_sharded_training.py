@@ -19,6 +19,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.nn import Parameter
 
+from nerfstudio_3dae.distributed import scene_shard
 from nerfstudio_3dae.method_configs import rgb_method
 from nerfstudio_3dae.model import SCENE_PARAM_GROUPS
 from nerfstudio_3dae.trainer import ShardedOptimizers, sharded_grad_scaler
@@ -40,7 +41,7 @@ def _scaled_steps(rank: int, port: int, results) -> None:
     try:
         config = {g: {"optimizer": AdamOptimizerConfig(lr=0.1), "scheduler": None} for g in ("mlp", "micro")}
         shared, rows = Parameter(torch.ones(2)), Parameter(torch.ones(3))
-        optimizers = ShardedOptimizers(config, {"mlp": [shared], "micro": [rows]}, SCENE_PARAM_GROUPS, 2)
+        optimizers = ShardedOptimizers(config, {"mlp": [shared], "micro": [rows]}, SCENE_PARAM_GROUPS, 2, scene_shard())
         plain = torch.amp.GradScaler("cpu", init_scale=8.0)
         scaler = sharded_grad_scaler(plain, "cpu")
         record = []

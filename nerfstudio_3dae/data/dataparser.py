@@ -4,7 +4,9 @@ Reads the layout of :mod:`nerfstudio_3dae.data.layout`, selects scenes, splits v
 ``Cameras`` whose ``metadata["scene_id"]`` holds each camera's scene id (its row in the model's per-scene tables:
 the position of the scene in the selection). Files are checked at parse time (existence, image headers, sizes);
 pixels are decoded later by the datamanager. In a multi-process run each process parses only the scenes it owns
-(:mod:`nerfstudio_3dae.distributed`); ids and names stay those of the whole selection.
+(:mod:`nerfstudio_3dae.distributed`); ids and names stay those of the whole selection. The parser is where a run
+learns its shard (read from the process group once, as it is built, unless it is given one); its outputs carry it
+(``metadata["shard"]``) to the datamanager and the model.
 
 This module is loaded by nerfstudio's entry-point discovery while its datamanager module is still importing, so it
 must import nothing from datamanagers, pipelines or methods (that would be a circular import).
@@ -33,10 +35,12 @@ from nerfstudio_3dae.data.layout import (
     read_scene,
     read_scene_names,
 )
-from nerfstudio_3dae.distributed import owned_scenes, scene_shard
+from nerfstudio_3dae.distributed import Shard, owned_scenes, scene_shard
 
 SCENE_ID = "scene_id"
 """Key of the per-camera scene id in ``Cameras.metadata`` ([num_cameras, 1] long)."""
+SHARD = "shard"
+"""Key of the :class:`~nerfstudio_3dae.distributed.Shard` the outputs were parsed for in their ``metadata``."""
 
 
 def parse_scene_selection(spec: str, num_scenes: int, option: str = "--scenes") -> List[int]:
@@ -105,8 +109,11 @@ class ScenesDataParser(DataParser):
 
     config: ScenesDataParserConfig
 
-    def __init__(self, config: ScenesDataParserConfig):
+    def __init__(self, config: ScenesDataParserConfig, shard: Optional[Shard] = None):
         super().__init__(config=config)
+        self.shard: Shard = scene_shard() if shard is None else Shard(*shard)
+        """The scenes this parser reads: those of this process (read from the process group once, here), unless
+        it was given another shard (``config.setup(shard=...)``)."""
         self._scenes: Optional[Dict[int, Scene]] = None
         self._selection: Optional[List[int]] = None
         self._names: Optional[List[str]] = None
@@ -118,7 +125,7 @@ class ScenesDataParser(DataParser):
         if self._scenes is None:
             names = read_scene_names(self.config.data)
             selection = parse_scene_selection(self.config.scenes, len(names), "--scenes (dataparser option scenes)")
-            rank, world = scene_shard()
+            rank, world = self.shard
             if len(selection) < world:
                 raise DatasetError(
                     f"{self.config.data}: {len(selection)} scenes selected (--scenes {self.config.scenes!r}) for "
@@ -244,6 +251,7 @@ class ScenesDataParser(DataParser):
             "scene_names": [self._names[i] for i in self._selection],
             "scene_indices": list(self._selection),
             "num_scenes": len(self._selection),
+            SHARD: self.shard,
         }
         return DataparserOutputs(
             image_filenames=images,
