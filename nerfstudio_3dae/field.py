@@ -16,9 +16,10 @@ from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from nerfstudio_3dae.backends import decide_backend
 from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked
 from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct, host_to_device
-from nerfstudio_3dae.rendering import render_rays, resolve_backend
+from nerfstudio_3dae.rendering import render_rays
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
 
 
@@ -121,7 +122,7 @@ class TriplaneField(nn.Module):
             self.occupancy.train_batch(
                 unique, unique_rows, lambda positions: self._density_fn(scene_planes[positions].detach()), dense
             )
-        backend = resolve_backend(self.settings.backend, origins.device)
+        backend = decide_backend(self.settings.backend, origins.device).backend
         recorded = bool(checkpoint_rays) and torch.is_grad_enabled()
         limit = checkpoint_rays if recorded else max_rays
         step = n if not limit else max(1, limit // k)

@@ -19,24 +19,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from nerfstudio_3dae.backends import decide_backend, nerfacc_extension
+from nerfstudio_3dae.backends import decide_backend
 
-Backend = Literal["auto", "torch", "nerfacc"]
+Backend = Literal["torch", "nerfacc"]
 FieldFn = Callable[[Float[Tensor, "R S 3"]], Tuple[Float[Tensor, "R S 1"], Float[Tensor, "R S c"]]]
 Bound = Union[float, Float[Tensor, "R 1"]]
-
-
-def nerfacc_cuda_available() -> bool:
-    """Whether nerfacc's CUDA extension is usable in this process without a build (checked once, never compiles)."""
-    return nerfacc_extension().usable
-
-
-def resolve_backend(backend: Backend, device: torch.device) -> Literal["torch", "nerfacc"]:
-    """Map ``"auto"`` to a concrete backend; refuse nerfacc for tensors that are not on CUDA or where its extension
-    is not built (:func:`nerfstudio_3dae.backends.decide_backend`, a :class:`ValueError` naming the option)."""
-    if backend == "torch":  # nothing to decide (and nothing to trace when the renderer is compiled)
-        return "torch"
-    return decide_backend(backend, device).backend
 
 
 def _as_column(bound: Bound, num_rays: int, device: torch.device) -> Float[Tensor, "R 1"]:
@@ -114,7 +101,7 @@ def importance_samples(
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, dim=-1).clamp_max(1.0)], dim=-1)
     cdf[:, -1] = 1.0
     t_edges = t_edges.float()
-    if resolve_backend(backend, t_edges.device) == "nerfacc":
+    if backend == "nerfacc":
         import nerfacc  # pylint: disable=import-outside-toplevel
 
         _, samples = nerfacc.importance_sampling(
@@ -166,7 +153,7 @@ def composite(
     num_rays, num_samples = t_starts.shape
     if t_samples is None:
         t_samples = 0.5 * (t_starts + t_ends)
-    if resolve_backend(backend, t_starts.device) == "nerfacc":
+    if backend == "nerfacc":
         import nerfacc  # pylint: disable=import-outside-toplevel
 
         ray_indices = torch.arange(num_rays, device=t_starts.device).repeat_interleave(num_samples)
@@ -220,7 +207,7 @@ def render_rays(
     num_fine: int = 48,
     background: Optional[Float[Tensor, "c"]] = None,
     deterministic: bool = False,
-    backend: Backend = "auto",
+    backend: Backend = "torch",
     histogram_padding: float = 0.01,
     box_bound: Optional[float] = 1.0,
 ) -> Dict[str, Tensor]:
@@ -241,7 +228,9 @@ def render_rays(
     ``weights [R, S]`` and sorted distances ``t [R, S]`` (``S = num_coarse + num_fine``).
     """
     num_rays, device = origins.shape[0], origins.device
-    backend_used = resolve_backend(backend, device)
+    if backend == "nerfacc":  # its kernels need CUDA tensors and the built extension: a clear error otherwise
+        decide_backend("nerfacc", device)
+    backend_used = backend
     edges, t = stratified_samples(num_rays, num_coarse, near, far, deterministic, device)
     density, values = _query(field_fn, origins, directions, t, box_bound)
     if num_fine > 0:

@@ -20,7 +20,7 @@ import torch.utils.cpp_extension
 from conftest import tiny_pipeline
 
 from nerfstudio_3dae import backends, nerfacc_build
-from nerfstudio_3dae.backends import BackendError, decide_backend, nerfacc_build_dir
+from nerfstudio_3dae.backends import BackendError, decide_backend, nerfacc_build_dir, nerfacc_extension
 from nerfstudio_3dae.method_configs import rgb_method
 from nerfstudio_3dae.nerfacc_build import (
     PATCHES,
@@ -32,7 +32,6 @@ from nerfstudio_3dae.nerfacc_build import (
     patch_sources,
     patched_sources_dir,
 )
-from nerfstudio_3dae.rendering import nerfacc_cuda_available, resolve_backend
 
 CUB_ERROR = (
     '/site-packages/nerfacc/cuda/csrc/scan.cu(28): error: namespace "cub" has no member "Equality"\n'
@@ -86,7 +85,7 @@ def test_no_cuda_means_torch(sim, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     decision = decide_backend("auto", "cuda")
     assert decision.backend == "torch" and "no CUDA device" in decision.reason
-    assert not nerfacc_cuda_available()
+    assert not nerfacc_extension().usable
     with pytest.raises(BackendError, match="--pipeline.model.backend nerfacc.*no CUDA device.*ns-3dae-build-nerfacc"):
         decide_backend("nerfacc", "cuda")
 
@@ -95,7 +94,7 @@ def test_cpu_tensors_never_use_nerfacc(sim) -> None:
     _finished_build(sim.build_dir)
     assert decide_backend("auto", "cpu").backend == "torch"
     with pytest.raises(ValueError, match="--pipeline.model.backend nerfacc needs CUDA tensors.*torch or auto"):
-        resolve_backend("nerfacc", torch.device("cpu"))
+        decide_backend("nerfacc", "cpu")
     with pytest.raises(BackendError, match="choose one of auto, torch, nerfacc"):
         decide_backend("fast", "cuda")
 
@@ -110,7 +109,7 @@ def test_setup_built_module_is_used(sim, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "nerfacc.csrc", built)
     decision = decide_backend("auto", "cuda")
     assert decision.backend == "nerfacc" and "setup.py-built" in decision.reason
-    assert decide_backend("nerfacc", "cuda").backend == "nerfacc" and nerfacc_cuda_available()
+    assert decide_backend("nerfacc", "cuda").backend == "nerfacc" and nerfacc_extension().usable
 
 
 def test_finished_jit_build_is_loaded_not_built(sim, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,7 +144,7 @@ def test_empty_build_dir(sim) -> None:
     decision = decide_backend("auto", "cuda")
     assert decision.backend == "torch" and "is empty" in decision.reason and "ns-3dae-build-nerfacc" in decision.reason
     with pytest.raises(BackendError, match=r"--pipeline.model.backend nerfacc cannot be used: .*is empty.*"):
-        resolve_backend("nerfacc", torch.device("cuda"))
+        decide_backend("nerfacc", "cuda")
 
 
 def test_missing_build_dir(sim) -> None:
@@ -181,7 +180,6 @@ def test_held_lock_is_a_build_in_progress(sim) -> None:
 def test_decision_is_logged_once(sim) -> None:
     for _ in range(3):
         decide_backend("auto", "cuda")
-        resolve_backend("auto", torch.device("cuda"))
     assert len(sim.logged) == 1
     assert sim.logged[0].startswith("rendering backend: torch (--pipeline.model.backend auto: nerfacc's CUDA extension")
 
@@ -475,8 +473,13 @@ def test_compile_check_reports_each_file(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH: compiling nerfacc needs a CUDA toolkit")
+@pytest.mark.skipif(
+    os.environ.get("NS3DAE_COMPILE_NERFACC") != "1",
+    reason="compiling nerfacc's sources takes about 10 minutes on 2 cores: set NS3DAE_COMPILE_NERFACC=1 to run it",
+)
 def test_every_nerfacc_source_compiles_after_the_patch(tmp_path: Path) -> None:
-    # no GPU needed: each patched source to an object, 2 at a time, with torch's flags for sm_90 (minutes on 2 cores)
+    # no GPU needed: each patched source to an object, 2 at a time, with torch's flags for sm_90 (585 s on the
+    # development machine, 2026-12-04: docs/gpu.md)
     csrc = tmp_path / "csrc"
     patch_sources(nerfacc_csrc(), csrc)
     results = compile_check(extension_sources(csrc), tmp_path / "obj", jobs=2)

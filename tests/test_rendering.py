@@ -8,14 +8,13 @@ import nerfacc
 import pytest
 import torch
 
+from nerfstudio_3dae.backends import decide_backend, nerfacc_extension
 from nerfstudio_3dae.rendering import (
     _sample_pdf_torch,
     composite,
     importance_samples,
     interval_bounds,
-    nerfacc_cuda_available,
     render_rays,
-    resolve_backend,
     stratified_samples,
 )
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
@@ -144,15 +143,15 @@ def test_torch_composite_agrees_with_nerfacc_batched_ops() -> None:
 
 
 def test_backend_selection_on_cpu() -> None:
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    assert resolve_backend("torch", torch.device("cpu")) == "torch"
+    assert decide_backend("auto", "cpu").backend == "torch"
+    assert decide_backend("torch", "cpu").backend == "torch"
     with pytest.raises(ValueError):
-        resolve_backend("nerfacc", torch.device("cpu"))
+        decide_backend("nerfacc", "cpu")
 
 
 @pytest.mark.cuda(nerfacc=True)  # skips with the backend decision's reason; fails under NS3DAE_REQUIRE_CUDA=1
 def test_torch_and_nerfacc_backends_agree_on_cuda() -> None:
-    assert nerfacc_cuda_available()
+    assert nerfacc_extension().usable
     torch.manual_seed(4)
     device = torch.device("cuda")
     edges, _ = stratified_samples(128, 24, 0.5, 2.1, True, device)
