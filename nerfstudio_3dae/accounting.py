@@ -23,7 +23,7 @@ def memory_report(model) -> Tuple[int, int]:
     shared parts); frozen parameters (a frozen encoder) count 0.
     """
     bank = model.field.bank
-    scene_tensors = [bank.micro, bank.weights, bank.bias]
+    scene_tensors = [getattr(bank, name) for name in bank.scene_tables]  # what the bank says is per scene
     rows = max(bank.micro.shape[0], 1)
     per_scene = sum(ADAM_COPIES * t.numel() * t.element_size() + ROW_STEP_BYTES * t.shape[0] for t in scene_tensors)
     grids = model.field.occupancy

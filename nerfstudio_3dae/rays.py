@@ -124,8 +124,8 @@ def camera_rays(
     distortion, ...) nerfstudio's ``generate_rays`` on cameras whose intrinsics are scaled to the grid."""
     size = (layout.height, layout.width)
     if layout.pinhole:
-        c2w = cameras.camera_to_worlds.reshape(-1, 3, 4)
-        origins, directions = pinhole_rays(c2w, intrinsics_of(cameras), size, downscale, pixel_shift)
+        c2w = cameras.camera_to_worlds.reshape(-1, 3, 4).float()  # camera paths may hold float64 poses
+        origins, directions = pinhole_rays(c2w, intrinsics_of(cameras).float(), size, downscale, pixel_shift)
         return origins, directions, latent_size(*size, downscale)
     if pixel_shift is not None:
         cameras = shifted(cameras, pixel_shift)

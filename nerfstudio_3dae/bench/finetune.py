@@ -20,6 +20,7 @@ from nerfstudio_3dae.bench.compare import Selection, configure_method
 from nerfstudio_3dae.bench.measure import train_and_measure
 from nerfstudio_3dae.bench.presets import PRESETS
 from nerfstudio_3dae.method_configs import latent_method
+from nerfstudio_3dae.model import PARAM_GROUP
 
 
 @dataclass
@@ -62,7 +63,7 @@ def run_finetune_sweep(
             )
             config.pipeline.model.autoencoder = source
             config.pipeline.model.finetune_start = latent_steps
-            config.optimizers["decoder"]["optimizer"].lr = lr
+            config.optimizers[PARAM_GROUP.decoder]["optimizer"].lr = lr
             log(f"3dae-latent, autoencoder {source}, decoder lr {lr:g}: {latent_steps} + {finetune_steps} steps")
             run = train_and_measure(config, sizes, lambda m, step, s, psnr: log(f"  step {step}: {psnr:.2f} dB"))
             rows.append(FinetuneRow(source, lr, [list(point) for point in run.curve], run.autoencoded_psnr))

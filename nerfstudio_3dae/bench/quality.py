@@ -40,6 +40,7 @@ from nerfstudio_3dae.data.layout import read_scene_names
 from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
 from nerfstudio_3dae.method_configs import latent_method, rgb_method
 from nerfstudio_3dae.metrics import rgb_metrics
+from nerfstudio_3dae.model import PARAM_GROUP
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def train_lever(
     start = decoded_start(lever, preset)
     model.finetune_start = start
     if lever.decoder_lr is not None:
-        config.optimizers["decoder"]["optimizer"].lr = lever.decoder_lr
+        config.optimizers[PARAM_GROUP.decoder]["optimizer"].lr = lever.decoder_lr
     log(f"3dae-latent, lever {name}: {preset.latent_steps} steps, the decoded phase from step {start}")
     run = MeasuredRun(
         config, preset, lambda m, step, s, psnr: log(f"  {name:<22} step {step:>6} {s:8.1f} s {psnr:6.2f} dB")
