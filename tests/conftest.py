@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence
 
@@ -21,6 +23,28 @@ from nerfstudio_3dae.data.layout import Intrinsics, write_scene, write_scenes_in
 
 REQUIRE_CUDA_ENV = "NS3DAE_REQUIRE_CUDA"
 """Set to 1 (scripts/gpu_check.sh does), a ``cuda`` test that cannot run errors instead of skipping."""
+BIN = Path(sys.executable).parent
+"""The folder of this environment's console scripts (ns-train, ns-3dae-*, torchrun)."""
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that is free now (the operating system's pick), for a process group or a server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tool_env(one_thread: bool = False, bin_on_path: bool = False, **extra: str) -> Dict[str, str]:
+    """The environment of a tool a test runs in a subprocess: this process's, offline (no wandb, no model hub), with
+    ``OMP_NUM_THREADS=1`` when ``one_thread``, then ``extra``, then :data:`BIN` first on ``PATH`` when
+    ``bin_on_path`` (for tools that start other console scripts)."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    if one_thread:
+        env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    if bin_on_path:
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def pytest_configure(config) -> None:

@@ -4,13 +4,12 @@ plots), its refusals, and its arithmetic (the paper's effective-memory accountin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import BIN, tool_env
 from PIL import Image
 from srn_layout import write_srn_cars
 
@@ -20,8 +19,6 @@ from nerfstudio_3dae.bench.memory import ParameterCounts, effective_memory
 from nerfstudio_3dae.bench.report import PLOTS, markdown_table
 from nerfstudio_3dae.data.layout import DatasetError
 
-BIN = Path(sys.executable).parent
-
 REQUIRED = {"time_ratio", "memory_ratio", "render_ratio", "psnr_rgb", "psnr_latent", "ssim_rgb", "ssim_latent",
             "device"}  # fmt: skip
 
@@ -29,7 +26,7 @@ REQUIRED = {"time_ratio", "memory_ratio", "render_ratio", "psnr_rgb", "psnr_late
 def test_cli_compares_on_a_converted_srn_dataset_and_writes_every_output(tmp_path: Path) -> None:
     """A user's path: SRN-layout cars -> ns-3dae-convert srn -> compare --data with disjoint selections (and the
     micro/macro RGB ablation as a third run)."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env = tool_env()
     srn = write_srn_cars(tmp_path / "cars_train", instances=4, views=5, size=16)
     data = tmp_path / "srn_cars"
     convert = [str(BIN / "ns-3dae-convert"), "srn", "--input", str(srn), "--output", str(data), "--min-altitude",

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import BIN, free_port, tool_env
 
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.distributed import (
@@ -34,7 +33,6 @@ from nerfstudio_3dae.distributed import (
 from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
 from nerfstudio_3dae.triplanes import TriplaneBank
 
-BIN = Path(sys.executable).parent
 TOLERANCE = 1e-5
 """Largest difference allowed between a parameter trained in 2 processes and in one (float32, 20 Adam steps)."""
 
@@ -105,12 +103,6 @@ def test_follow_main_waits_while_rank_0_is_paused():
     assert follow_main(None, lambda code: next(heard)) == STOP, "the other ranks wait for rank 0's decision"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _collectives(rank: int, port: int, results) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=2, rank=rank)
     try:
@@ -144,7 +136,7 @@ def _collectives(rank: int, port: int, results) -> None:
 
 def test_gather_and_gradient_averaging_on_two_gloo_processes():
     results = mp.Manager().dict()
-    mp.spawn(_collectives, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_collectives, args=(free_port(), results), nprocs=2, join=True)
     for rank in (0, 1):
         whole, shared, only_rank1, unused = results[rank]
         if rank == 0:
@@ -174,7 +166,7 @@ def test_gather_and_gradient_averaging_on_two_gloo_processes():
 
 def _train(args, data: Path, out: Path, timestamp: str, launcher, extra=()) -> Path:
     """Train, check it finished once (rank 0 alone reports the end), return the run folder."""
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = tool_env(one_thread=True)
     command = [*launcher, "3dae-rgb", "--data", str(data), "--output-dir", str(out), "--timestamp", timestamp,
                *args, *extra]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -227,7 +219,7 @@ def test_two_processes_match_one_and_resume_under_torchrun(tmp_path):
     losses = _train_loss(two)
     assert losses[-1] < 0.7 * losses[0], f"2-process training lowers the loss: {losses[0]:.4f} -> {losses[-1]:.4f}"
 
-    torchrun = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    torchrun = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port()),
                 "-m", "nerfstudio_3dae.scripts.train"]  # fmt: skip
     resumed = _train(args, data, out, "resumed", torchrun, ["--pipeline.datamanager.scenes-per-step", "2",
                      "--load-dir", str(two / "nerfstudio_models"), "--load-step", "10"])  # fmt: skip

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-from conftest import look_at_c2w
+from conftest import BIN, free_port, look_at_c2w, tool_env
 from srn_layout import write_srn_cars
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-BIN = Path(sys.executable).parent
 EMBEDDED = ROOT / "nerfstudio_3dae" / "weights" / "autoencoder"
 
 SKIP = {
@@ -110,12 +109,6 @@ def collect() -> List[DocCommand]:
     return commands
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _set(argv: List[str], option: str, value: str) -> None:
     """Give ``option`` the value ``value`` (replacing the docs' value, or adding it after the command words)."""
     if option in argv:
@@ -134,7 +127,7 @@ def tiny(command: DocCommand) -> DocCommand:
             word = new + word[len(old) :] if word.startswith(old) else word
         word = re.sub(r"(outputs/[^/]+/[^/]+/)<(run|timestamp)>", r"\1run", word)  # a run folder: timestamp 'run'
         word = word.replace("<run>", "outputs/cars/3dae-latent/run")  # a bare <run>: the last 3dae-latent run
-        word = re.sub(r"^tcp://HOST0:\d+$", f"tcp://127.0.0.1:{_free_port()}", word)
+        word = re.sub(r"^tcp://HOST0:\d+$", f"tcp://127.0.0.1:{free_port()}", word)
         argv.append(word)
     for option, table in (("--scenes", SCENES), ("--stage1-scenes", STAGE1_SCENES)):
         if option in argv:
@@ -169,7 +162,7 @@ def tiny(command: DocCommand) -> DocCommand:
         elif argv[1] == "scaling" and "--fresh-process" not in argv:  # 6 Python start-ups: test_bench_scaling's
             argv.append("--no-fresh-process")
     elif tool == "ns-viewer":
-        _set(argv, "--viewer.websocket-port", str(_free_port()))
+        _set(argv, "--viewer.websocket-port", str(free_port()))
     return DocCommand(command.where, command.text, env, argv)
 
 
@@ -256,8 +249,7 @@ def test_every_documented_command_runs_on_tiny_data(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     _workspace(work)
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+    env = tool_env(one_thread=True, bin_on_path=True)
     commands = [tiny(c) for c in collect() if not any(key in c.text for key in SKIP)]
     commands.sort(key=phase)  # stable: the docs' order within a phase
     unique, seen = [], set()

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import BIN, tool_env
 
 from nerfstudio_3dae.autoencoder import load_autoencoder
 from nerfstudio_3dae.autoencoder_source import BASES_FILE, RUN_EXPORT
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
 
-BIN = Path(sys.executable).parent
 TINY = [
     "--vis", "tensorboard", "--logging.local-writer.enable", "False",
     "--steps-per-eval-image", "1000", "--steps-per-eval-all-images", "1000", "--steps-per-save", "1000",
@@ -33,8 +31,9 @@ def data(tmp_path_factory) -> Path:
 
 
 def ns(tool: str, *args, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [str(BIN / tool), *map(str, args)], capture_output=True, text=True, env=tool_env(), timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

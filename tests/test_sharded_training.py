@@ -3,7 +3,6 @@ stop) in rank 0's viewer that the other ranks follow instead of timing out in th
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -13,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_run_config
+from conftest import free_port, tiny_run_config
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
@@ -28,12 +27,6 @@ TIMEOUT_S = 4.0
 """The process group's timeout in the pause test: a rank left waiting in a collective longer than this fails."""
 PAUSE_S = 2.5 * TIMEOUT_S
 """How long rank 0 stays paused."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _scaled_steps(rank: int, port: int, results) -> None:
@@ -63,7 +56,7 @@ def _scaled_steps(rank: int, port: int, results) -> None:
 
 def test_mixed_precision_ranks_share_one_scale_and_skip_together():
     results = mp.Manager().dict()
-    mp.spawn(_scaled_steps, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_scaled_steps, args=(free_port(), results), nprocs=2, join=True)
     for rank in (0, 1):
         sharded, (first, second) = results[rank]
         assert sharded, "a multi-process run scales with ShardedGradScaler"
@@ -120,7 +113,7 @@ def _paused_run(rank: int, port: int, data: Path, out: Path, results) -> None:
 def test_a_pause_on_rank_0_pauses_every_rank_and_a_stop_stops_them(tiny_dataset, tmp_path):
     data = tiny_dataset(num_scenes=2)
     results = mp.Manager().dict()
-    mp.spawn(_paused_run, args=(_free_port(), data, tmp_path / "runs", results), nprocs=2, join=True)
+    mp.spawn(_paused_run, args=(free_port(), data, tmp_path / "runs", results), nprocs=2, join=True)
     for rank in (0, 1):
         started, state = results[rank]
         assert sorted(started) == [0, 1, 2, 3], f"rank {rank}: rank 0 stopped the run after step 3"

@@ -5,26 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import look_at_c2w
+from conftest import BIN, look_at_c2w, tool_env
 from PIL import Image
 
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.preview import tile_test_views
 
-BIN = Path(sys.executable).parent
-
 
 def run(tool: str, *args, env_extra=None) -> str:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    env["PATH"] = f"{BIN}:{env['PATH']}"
+    env = tool_env(bin_on_path=True, **(env_extra or {}))
     proc = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"{tool} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout + proc.stderr

@@ -19,9 +19,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import pytest
+from conftest import BIN, free_port, tool_env
 from PIL import Image
 
 from nerfstudio_3dae.data.synth.generate import generate_dataset
@@ -38,7 +37,6 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-BIN = Path(sys.executable).parent
 TINY_RGB_RUN = [
     "--vis", "tensorboard", "--logging.local-writer.enable", "False", "--max-num-iterations", "60",
     "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000", "--steps-per-eval-all-images", "1000",
@@ -58,12 +56,6 @@ def _playwright():
     except ImportError:
         pytest.skip("the Python package 'playwright' is not installed (pip install playwright)")
     return sync_playwright
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _end_group(proc: subprocess.Popen) -> None:
@@ -91,7 +83,7 @@ def viewer(tmp_path_factory) -> Dict:
     _playwright()
     root = tmp_path_factory.mktemp("viewer")
     # one torch thread: on a busy 2-core machine, 2 OpenMP threads made ns-train ~15x slower (1.9 vs 0.1 s/step)
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = tool_env(one_thread=True)
     env.pop("NS3DAE_SCENE", None)
     start = time.monotonic()
     data = generate_dataset(root / "cars", 2, 6, 32, seed=3, test_views=1, progress=False)
@@ -104,7 +96,7 @@ def viewer(tmp_path_factory) -> Dict:
     (config,) = (root / "runs").glob("*/3dae-rgb/run/config.yml")
     trained = time.monotonic()
 
-    port = _free_port()
+    port = free_port()
     log_path = root / "ns-viewer.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
