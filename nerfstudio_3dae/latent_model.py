@@ -130,13 +130,6 @@ class LatentTriplaneModel(TriplaneModel):
         # the fixed background: the latent of a white image (followed while stage 1 changes the encoder)
         self.register_buffer("background_latent", self._white_latent())
         self.step = 0
-        # Which phase's learning-rate change was applied; saved with checkpoints so a resumed run does not
-        # scale the rates twice (0: none, 1: joint, 2: finetune).
-        self.register_buffer("lr_phase", torch.zeros((), dtype=torch.long))
-        self.lr_phase_applied = 0
-        """Python copy of ``lr_phase``, read every step (reading the buffer on a GPU would wait for the device);
-        refreshed from the buffer whenever a state dict is loaded."""
-        self.register_load_state_dict_post_hook(_refresh_lr_phase)
         self._set_trainable(self.phase)
 
     def _init_bases(self) -> None:
@@ -222,9 +215,9 @@ class LatentTriplaneModel(TriplaneModel):
 
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
         c, g = self.config, PARAM_GROUP
-        lr_changes = {  # phase -> (code, groups, factor)
-            "joint": (1, (g.micro, g.mlp), c.joint_plane_lr_factor),
-            "finetune": (2, (g.micro, g.mixing, g.bases, g.mlp), c.finetune_plane_lr_factor),
+        lr_changes = {  # phase -> (groups, factor)
+            "joint": ((g.micro, g.mlp), c.joint_plane_lr_factor),
+            "finetune": ((g.micro, g.mixing, g.bases, g.mlp), c.finetune_plane_lr_factor),
         }
 
         def before_step(step: int) -> None:
@@ -232,12 +225,9 @@ class LatentTriplaneModel(TriplaneModel):
             phase = self.phase
             self._set_trainable(phase)
             if phase in lr_changes and attrs.optimizers is not None:
-                code, groups, factor = lr_changes[phase]
-                if self.lr_phase_applied < code:
-                    for group in groups:
-                        _scale_lr(attrs.optimizers, group, factor)
-                    self.lr_phase.fill_(code)
-                    self.lr_phase_applied = code
+                groups, factor = lr_changes[phase]
+                for group in groups:
+                    enter_lr_phase(attrs.optimizers, group, phase, factor)
 
         return [TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], before_step)]
 
@@ -341,17 +331,23 @@ def pixel_jitter(count: int, downscale: int, device: torch.device) -> Tensor:
     return (torch.rand(count, 2, device=device) - 0.5) * downscale
 
 
-def _refresh_lr_phase(model: LatentTriplaneModel, incompatible_keys) -> None:
-    """Load-state-dict post-hook: the Python copy of ``lr_phase`` follows the loaded buffer (one read per load)."""
-    model.lr_phase_applied = int(model.lr_phase)
+LR_PHASE = "3dae_lr_phase"
+"""Key of an optimiser parameter group naming the training phase whose learning-rate factor the group's rate carries:
+saved and loaded with the optimiser's state, so a resumed run never applies a factor twice."""
 
 
-def _scale_lr(optimizers, group: str, factor: float) -> None:
-    """Multiply a parameter group's learning rate, scheduler included (it recomputes lr from base_lrs)."""
+def enter_lr_phase(optimizers, group: str, phase: str, factor: float) -> bool:
+    """Multiply the learning rate of the parameter group ``group`` (its scheduler's base rates too: they recompute the
+    rate every step) by ``factor``, once per ``phase``: the group records the phase it entered. Whether it scaled."""
     if group not in optimizers.optimizers:
-        return
-    for pg in optimizers.optimizers[group].param_groups:
+        return False
+    param_groups = optimizers.optimizers[group].param_groups
+    if all(pg.get(LR_PHASE) == phase for pg in param_groups):
+        return False
+    for pg in param_groups:
         pg["lr"] *= factor
+        pg[LR_PHASE] = phase
     scheduler = optimizers.schedulers.get(group)
     if scheduler is not None:
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+    return True

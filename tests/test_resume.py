@@ -13,7 +13,11 @@ import pytest
 import torch
 
 from nerfstudio_3dae.data.synth.generate import generate_dataset
-from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
+from nerfstudio_3dae.latent_model import LR_PHASE
+from nerfstudio_3dae.model import (
+    PARAM_GROUP,
+    TriplaneModel,  # noqa: F401  (registers the checkpoint loader fix)
+)
 from nerfstudio_3dae.trainer import atomic_torch_save
 
 BIN = Path(sys.executable).parent
@@ -69,4 +73,5 @@ def test_sigkill_then_resume_finishes_the_run(tmp_path):
     assert "DoneloadingNerfstudiocheckpoint" in log and f"step-{last:09d}.ckpt" in log
     final = torch.load(ckpts / "step-000000399.ckpt", map_location="cpu")
     assert final["step"] == 399, "the resumed run ends where the uninterrupted one would"
-    assert int(final["pipeline"]["_model.lr_phase"]) == 2, "it went through the fine-tune switch at step 300"
+    recorded = {pg.get(LR_PHASE) for pg in final["optimizers"][PARAM_GROUP.micro]["param_groups"]}
+    assert recorded == {"finetune"}, "it went through the fine-tune switch at step 300"

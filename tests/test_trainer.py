@@ -12,7 +12,9 @@ from conftest import tiny_run_config
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 import nerfstudio_3dae
+from nerfstudio_3dae.latent_model import LR_PHASE
 from nerfstudio_3dae.method_configs import latent_method, rgb_method
+from nerfstudio_3dae.model import PARAM_GROUP
 from nerfstudio_3dae.trainer import ThreadProbe, evaluates_all_images_at_end
 
 HOST_READS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
@@ -117,13 +119,13 @@ def test_a_training_step_reads_no_tensor_back_to_the_host(tiny_dataset, tmp_path
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     trainer.train()
     monkeypatch.undo()
-    assert trainer.pipeline.model.lr_phase_applied == 2 and int(trainer.pipeline.model.lr_phase) == 2
+    assert lr_phases(trainer) == {"finetune"}
     assert reads == [], f"host reads in training steps: {reads}"
 
 
 def test_the_learning_rate_phase_follows_a_loaded_checkpoint(tiny_dataset, tmp_path, one_thread):
-    """The per-step check reads a Python copy of ``lr_phase``; a resumed run must read the loaded value there, or
-    it scales its learning rates a second time."""
+    """The phase whose learning-rate factor a group carries is saved with its optimiser; a resumed run must find it
+    there, or it scales its learning rates a second time."""
 
     def config(finetune_start: int):
         config = latent_method()
@@ -133,12 +135,12 @@ def test_the_learning_rate_phase_follows_a_loaded_checkpoint(tiny_dataset, tmp_p
 
     data = tiny_dataset(num_scenes=2)
     first = tiny_trainer(data, tmp_path / "first", steps=2, eval_all_every=0, config=config(1))
-    first.train()  # the fine-tune starts at step 1: rates scaled, lr_phase 2, saved at step 1
-    assert first.pipeline.model.lr_phase_applied == 2
+    first.train()  # the fine-tune starts at step 1: rates scaled, the phase recorded, saved at step 1
+    assert lr_phases(first) == {"finetune"}
     resumed_config = config(1)
     resumed_config.load_dir = first.checkpoint_dir
     resumed = tiny_trainer(data, tmp_path / "resumed", steps=4, eval_all_every=0, config=resumed_config)
-    assert resumed.pipeline.model.lr_phase_applied == 2, "the copy follows the loaded buffer"
+    assert lr_phases(resumed) == {"finetune"}, "the phase came back with the optimisers' state"
     rates = {g: o.param_groups[0]["lr"] for g, o in resumed.optimizers.optimizers.items()}
     for callback in resumed.callbacks:
         callback.run_callback_at_location(2, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
@@ -149,4 +151,10 @@ def test_the_learning_rate_phase_follows_a_loaded_checkpoint(tiny_dataset, tmp_p
         callback.run_callback_at_location(2, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
     factor = fresh.pipeline.model.config.finetune_plane_lr_factor
     assert fresh.optimizers.optimizers["micro"].param_groups[0]["lr"] == pytest.approx(before * factor), "scaled once"
-    assert fresh.pipeline.model.lr_phase_applied == 2 and int(fresh.pipeline.model.lr_phase) == 2
+    assert lr_phases(fresh) == {"finetune"}
+
+
+def lr_phases(trainer) -> set:
+    """The learning-rate phases recorded by the scene groups' optimisers."""
+    groups = [trainer.optimizers.optimizers[g] for g in (PARAM_GROUP.micro, PARAM_GROUP.mixing, PARAM_GROUP.mlp)]
+    return {pg.get(LR_PHASE) for optimizer in groups for pg in optimizer.param_groups}
