@@ -13,7 +13,11 @@ from conftest import BIN, tool_env
 from nerfstudio_3dae.autoencoder import load_autoencoder
 from nerfstudio_3dae.autoencoder_source import BASES_FILE, RUN_EXPORT
 from nerfstudio_3dae.data.synth.generate import generate_dataset
-from nerfstudio_3dae.model import TriplaneModel  # noqa: F401  (registers the checkpoint loader fix)
+from nerfstudio_3dae.latent_model import LR_PHASE
+from nerfstudio_3dae.model import (
+    PARAM_GROUP,
+    TriplaneModel,  # noqa: F401  (registers the checkpoint loader fix)
+)
 
 TINY = [
     "--vis", "tensorboard", "--logging.local-writer.enable", "False",
@@ -105,5 +109,6 @@ def test_default_latent_method_resumes_with_load_dir(data, tmp_path):
                         "--pipeline.model.finetune-start", "4")  # fmt: skip
     assert "Done loading Nerfstudio checkpoint" in log
     assert checkpoints(second) == ["step-000000009.ckpt"], "training continued from step 6 to the 10th step"
-    state = torch.load(second / "nerfstudio_models" / "step-000000009.ckpt", map_location="cpu")["pipeline"]
-    assert int(state["_model.lr_phase"]) == 2, "the fine-tune learning-rate change is applied once and saved"
+    saved = torch.load(second / "nerfstudio_models" / "step-000000009.ckpt", map_location="cpu")
+    recorded = {pg.get(LR_PHASE) for pg in saved["optimizers"][PARAM_GROUP.micro]["param_groups"]}
+    assert recorded == {"finetune"}, "the fine-tune learning-rate change is applied once and saved"
