@@ -45,14 +45,40 @@ def frames(video: Path) -> list:
     return [np.frombuffer(f, dtype=np.uint8).reshape(meta["size"][1], meta["size"][0], 3) for f in reader]
 
 
+def _psnr(pred: np.ndarray, gt: np.ndarray) -> float:
+    return float(-10 * np.log10(np.mean((pred - gt) ** 2)))
+
+
+def test_metrics_of_known_image_pairs():
+    """The figures ns-eval reports, on pairs whose PSNR and SSIM are known: identical images, noise of +-0.1 (MSE
+    0.01: 20 dB) with or without structure lost, and a render brighter than white (clamped to [0, 1] first)."""
+    from nerfstudio_3dae.metrics import rgb_metrics
+
+    gen = torch.Generator().manual_seed(0)
+    gt = 0.2 + 0.6 * torch.rand(24, 32, 3, generator=gen)  # [H, W, 3], away from 0 and 1: nothing clamps
+    same = rgb_metrics(gt, gt)
+    assert same["psnr"] > 60 and same["ssim"] == pytest.approx(1.0, abs=1e-6)
+    sign = torch.where(torch.rand(gt.shape, generator=gen) < 0.5, -1.0, 1.0)
+    noisy, shifted = rgb_metrics(gt + 0.1 * sign, gt), rgb_metrics(gt + 0.1, gt)
+    assert noisy["psnr"] == pytest.approx(20.0, abs=1e-3) and shifted["psnr"] == pytest.approx(20.0, abs=1e-3)
+    assert 0.5 < noisy["ssim"] < 0.95, "random noise breaks the structure"  # seen: 0.85
+    assert noisy["ssim"] < shifted["ssim"] < 1, "a brightness shift keeps it"  # seen: 0.98
+    white = rgb_metrics(gt + 1.0, gt)  # clamped to 1 everywhere
+    assert white["psnr"] == pytest.approx(_psnr(np.ones(gt.shape), gt.double().numpy()), abs=1e-3)
+
+
 def test_ns_eval_reports_every_space_and_every_scene(trained, tmp_path):
     out = tmp_path / "eval.json"
     log = run("ns-eval", "--load-config", trained, "--output-path", out, "--render-output-path", tmp_path / "img")
     results = json.loads(out.read_text())["results"]
     for key in ("psnr", "ssim", "latent_psnr", "latent_ssim", "autoencoded_psnr", "autoencoded_ssim"):
         assert math.isfinite(results[key]) and f"{key}_std" in results
+    for key in ("ssim", "latent_ssim", "autoencoded_ssim"):
+        assert -1 <= results[key] <= 1
     assert set(results["per_scene"]) == {"car_0000", "car_0001"}
-    assert "psnr" in results["per_scene"]["car_0001"]
+    # two test views a scene: the overall mean is the mean of the scenes' means
+    per_scene = [results["per_scene"][s]["psnr"] for s in ("car_0000", "car_0001")]
+    assert results["psnr"] == pytest.approx(sum(per_scene) / 2, abs=1e-4)
     if isinstance(results["lpips"], str):  # no local AlexNet weights: said, not faked
         assert "LPIPS not computed" in results["lpips"] and "LPIPS not computed" in log
     else:  # weights present: a real LPIPS in both image spaces
@@ -61,6 +87,11 @@ def test_ns_eval_reports_every_space_and_every_scene(trained, tmp_path):
     assert len(views) == 4
     with Image.open(views[0]) as first:  # ground truth | decoded render | the autoencoder alone
         assert first.width == 3 * first.height
+    # the reported PSNRs are those of the pictures written beside them (8-bit: within a few hundredths of a dB)
+    panels = [np.split(np.asarray(Image.open(v), dtype=np.float64) / 255, 3, axis=1) for v in views]
+    for key, panel in (("psnr", 1), ("autoencoded_psnr", 2)):
+        mean = sum(_psnr(p[panel], p[0]) for p in panels) / len(panels)
+        assert results[key] == pytest.approx(mean, abs=0.1), key
     grid = np.asarray(Image.open(tile_test_views(tmp_path / "img", tmp_path / "grid.png")))
     assert grid.shape[0] > 2 * first.height  # a row per scene (two scenes)
 
