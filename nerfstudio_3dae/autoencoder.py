@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -86,12 +86,12 @@ class NormaliserConfig:
         """Normalised -> raw latents."""
         return denormalise_latents(y, self.kind, self.scale, self.eps)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         """JSON-able settings."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NormaliserConfig:
+    def from_dict(cls, d: Dict[str, Any]) -> NormaliserConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(kind=d["kind"], scale=float(d["scale"]), eps=float(d.get("eps", 1e-6)))
 
@@ -106,13 +106,13 @@ class LatentAutoencoder(nn.Module):
     :meth:`refresh_identity`.
     """
 
-    def __init__(self, model: nn.Module, normaliser: NormaliserConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, normaliser: Optional[NormaliserConfig] = None) -> None:
         super().__init__()
         if type(model).__name__ not in _KIND_OF_CLASS:
             raise TypeError(f"expected a diffusers AutoencoderKL or AutoencoderTiny, got {type(model).__name__}")
         self.model = model
         self.normaliser = normaliser if normaliser is not None else NormaliserConfig()
-        self._hashes: dict[str, tuple[tuple, str]] = {}
+        self._hashes: Dict[str, Tuple[tuple, str]] = {}
         if type(model).__name__ == "AutoencoderTiny":
             cfg = model.config
             up = int(cfg.upsampling_scaling_factor) ** (len(cfg.decoder_block_out_channels) - 1)
@@ -136,7 +136,7 @@ class LatentAutoencoder(nn.Module):
         blocks = cfg.block_out_channels if self.kind == "kl" else cfg.encoder_block_out_channels
         return 2 ** (len(blocks) - 1)
 
-    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+    def latent_size(self, height: int, width: int) -> Tuple[int, int]:
         """Latent ``(h, w)`` for an image of ``(height, width)``; raises if not divisible by ``factor``."""
         f = self.factor
         if height % f or width % f:
@@ -164,7 +164,7 @@ class LatentAutoencoder(nn.Module):
         """Images ``[B,3,H,W]`` in [0, 1] -> normalised latents ``[B,c,H/f,W/f]`` (float32, differentiable)."""
         return self.normaliser.normalise(self.encode_raw(images))
 
-    def decode(self, latents: Float[Tensor, "B c h w"], clamp: bool | None = None) -> Float[Tensor, "B 3 H W"]:
+    def decode(self, latents: Float[Tensor, "B c h w"], clamp: Optional[bool] = None) -> Float[Tensor, "B 3 H W"]:
         """Normalised latents -> images ``[B,3,H*f,W*f]`` (float32).
 
         ``clamp`` to [0, 1]: ``None`` (default) clamps only in eval mode, so training losses keep gradients
@@ -180,7 +180,7 @@ class LatentAutoencoder(nn.Module):
         return self.decode(self.encode(images))
 
     # identity ---------------------------------------------------------------------------------------------
-    def _tensors(self, part: Part = "all") -> list[tuple[str, Tensor]]:
+    def _tensors(self, part: Part = "all") -> List[Tuple[str, Tensor]]:
         items = sorted(self.model.state_dict(keep_vars=True).items())
         return items if part == "all" else [(n, t) for n, t in items if is_encoder_tensor(n)]
 
@@ -234,7 +234,7 @@ class LatentAutoencoder(nn.Module):
         self._hashes = {}
         return out
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: Union[str, Path]) -> Path:
         """Write ``save_pretrained`` output plus ``3dae_autoencoder.json`` (normaliser) into ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -244,7 +244,7 @@ class LatentAutoencoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -270,10 +270,10 @@ def _resolve_kind(class_name: Any, kind: str, where: str) -> str:
 
 
 def load_autoencoder(
-    source: str | Path,
+    source: Union[str, Path],
     kind: Literal["auto", "kl", "tiny"] = "auto",
-    normaliser: NormaliserConfig | None = None,
-    subfolder: str | None = None,
+    normaliser: Optional[NormaliserConfig] = None,
+    subfolder: Optional[str] = None,
     local_files_only: bool = False,
 ) -> LatentAutoencoder:
     """Load a local ``save_pretrained`` folder or a hub id (e.g. ``"stabilityai/sd-vae-ft-mse"``).
@@ -317,10 +317,10 @@ def kl_autoencoder_config(
     widths: Sequence[int],
     latent_channels: int,
     layers_per_block: int = 1,
-    norm_groups: int | None = None,
+    norm_groups: Optional[int] = None,
     mid_attention: bool = True,
     sample_size: int = 256,
-) -> dict[str, Any]:
+) -> Dict[str, Any]:
     """A diffusers ``AutoencoderKL`` config with these block widths (factor ``2 ** (len(widths) - 1)``).
 
     ``norm_groups`` None: the most groups (up to 32) that divide every width, diffusers' habit.
@@ -338,7 +338,7 @@ def kl_autoencoder_config(
     }  # fmt: skip
 
 
-def small_autoencoder_config(latent_channels: int = 4, factor: int = 8, width: int = 32) -> dict[str, Any]:
+def small_autoencoder_config(latent_channels: int = 4, factor: int = 8, width: int = 32) -> Dict[str, Any]:
     """Config of the 'scratch' ``AutoencoderKL``: widths ``(width, 2w, 2w, ...)``, one layer a block."""
     if factor < 1 or factor & (factor - 1):
         raise ValueError(f"factor must be a power of two, got {factor}")
@@ -347,10 +347,10 @@ def small_autoencoder_config(latent_channels: int = 4, factor: int = 8, width: i
 
 
 def build_autoencoder(
-    config: dict[str, Any],
+    config: Dict[str, Any],
     kind: Literal["auto", "kl", "tiny"] = "kl",
-    normaliser: NormaliserConfig | None = None,
-    seed: int | None = None,
+    normaliser: Optional[NormaliserConfig] = None,
+    seed: Optional[int] = None,
 ) -> LatentAutoencoder:
     """Build an autoencoder with random weights from ``config`` (no download); ``seed`` makes them reproducible."""
     k = _resolve_kind(config.get("_class_name"), kind, "config")
@@ -364,7 +364,10 @@ def build_autoencoder(
 
 @torch.no_grad()
 def encode_in_batches(
-    ae: LatentAutoencoder, images: np.ndarray | Tensor, batch_size: int = 16, out_device: str | torch.device = "cpu"
+    ae: LatentAutoencoder,
+    images: Union[np.ndarray, Tensor],
+    batch_size: int = 16,
+    out_device: Union[str, torch.device] = "cpu",
 ) -> Float[Tensor, "N c h w"]:
     """Encode ``[N,H,W,3]`` or ``[N,3,H,W]`` images (uint8 in [0,255] or float in [0,1], numpy or torch).
 

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Literal, Optional, Tuple
+from typing import Literal, Optional, Tuple, Union
 
 import torch
 
@@ -227,7 +227,7 @@ def _decide(requested: str, device_type: str) -> BackendDecision:
     return decision
 
 
-def decide_backend(requested: Requested, device: torch.device | str) -> BackendDecision:
+def decide_backend(requested: Requested, device: Union[torch.device, str]) -> BackendDecision:
     """The backend for tensors on ``device`` when ``requested`` (the model's ``backend`` option); cached per process.
 
     ``auto``: nerfacc on CUDA when its extension is already built, torch otherwise. ``torch``: torch. ``nerfacc``:

@@ -32,13 +32,13 @@ from nerfstudio_3dae.image_layout import to_float
 from nerfstudio_3dae.rays import BATCH_LAYOUT, BatchLayout, host_to_device, is_pinhole
 
 
-def wants_pinned(source: torch.device | str, target: torch.device | str) -> bool:
+def wants_pinned(source: Union[torch.device, str], target: Union[torch.device, str]) -> bool:
     """Whether rows copied from ``source`` to ``target`` go through pinned (page-locked) host memory: CPU to CUDA
     only (a CPU target needs no copy; pinning needs CUDA)."""
     return torch.device(source).type == "cpu" and torch.device(target).type == "cuda"
 
 
-def rows_to_device(store: Tensor, indices: Tensor, device: torch.device | str) -> Tensor:
+def rows_to_device(store: Tensor, indices: Tensor, device: Union[torch.device, str]) -> Tensor:
     """``store[indices]`` on ``device``, in the store's dtype (convert it there, after the copy).
 
     The rows are gathered where the store is. From a CPU store to a CUDA device they are gathered straight into
@@ -86,7 +86,7 @@ class MultiSceneDatamanagerConfig(FullImageDatamanagerConfig):
 
 
 def auto_scenes_per_step(
-    device: torch.device | str, rays_per_view: int, views_per_scene: int, rays_per_step: int, scenes: int
+    device: Union[torch.device, str], rays_per_view: int, views_per_scene: int, rays_per_step: int, scenes: int
 ) -> int:
     """The scenes of a training batch for ``scenes_per_step`` 0: 4 on the CPU (its arithmetic is the cost); on CUDA
     as many as render about ``rays_per_step`` rays (``rays_per_view`` at the model's rendered resolution), at least

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -244,7 +244,7 @@ def gather_optimizer_state(
     return {**state, "state": gathered}
 
 
-def to_device(value: Any, device: torch.device | str) -> Any:
+def to_device(value: Any, device: Union[torch.device, str]) -> Any:
     """``value`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``; other values as they are.
     A checkpoint made CPU-only this way loads on a machine without the device it was trained on."""
     if torch.is_tensor(value):

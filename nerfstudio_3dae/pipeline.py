@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type, Union
 
 import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
@@ -48,7 +48,7 @@ class ThreeDAEPipelineConfig(VanillaPipelineConfig):
     and, in latent space, one decode per batch instead of per view."""
 
 
-def synchronize(device: torch.device | str) -> None:
+def synchronize(device: Union[torch.device, str]) -> None:
     """Wait until ``device`` finished its queued work when it is a CUDA device (kernels run asynchronously: a clock
     read without this times their launch, not their run); nothing for the CPU."""
     device = torch.device(device)

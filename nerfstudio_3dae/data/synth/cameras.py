@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -44,7 +45,7 @@ def square_intrinsics(resolution: int, fov_deg: float = FOV_DEG) -> Intrinsics:
     return Intrinsics(fx=focal, fy=focal, cx=resolution / 2.0, cy=resolution / 2.0, width=resolution, height=resolution)
 
 
-def look_at(centres: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
+def look_at(centres: np.ndarray, target: Optional[np.ndarray] = None) -> np.ndarray:
     """Camera-to-world matrices [V, 4, 4] (OpenGL axes, world up +Z) for cameras at ``centres`` [V, 3].
 
     Cameras must not look straight up or down (their viewing direction must not be parallel to +Z).

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 import trimesh
@@ -54,7 +54,7 @@ class Render:
 
 def rays_through(
     camera_to_world: np.ndarray, intrinsics: Intrinsics, view: np.ndarray, x: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, np.ndarray]:
     """Rays through image points ``(x, y)`` (pixels, x right, y down) of views ``view``.
 
     Args:
@@ -69,7 +69,7 @@ def rays_through(
     return camera_to_world[view, :3, 3], np.einsum("nij,nj->ni", rot, cam)
 
 
-def pixel_rays(camera_to_world: np.ndarray, intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+def pixel_rays(camera_to_world: np.ndarray, intrinsics: Intrinsics) -> Tuple[np.ndarray, np.ndarray]:
     """Origins and unit directions of the rays through every pixel centre of every view.
 
     Args:
