@@ -163,6 +163,20 @@ def tiny_pipeline(config, data: Path, **model):
     return config.pipeline.setup(device="cpu", test_mode="val")
 
 
+def train_recording_evaluations(trainer) -> List[Optional[int]]:
+    """Train ``trainer`` to its end; the steps at which it evaluated every test view, in order."""
+    evaluated: List[Optional[int]] = []
+    average = trainer.pipeline.get_average_eval_image_metrics
+
+    def recording(step=None, **kwargs):
+        evaluated.append(step)
+        return average(step=step, **kwargs)
+
+    trainer.pipeline.get_average_eval_image_metrics = recording
+    trainer.train()
+    return evaluated
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path):
     """A factory: ``tiny_dataset(num_scenes=3, views=4, size=16)`` writes a dataset and returns its root."""

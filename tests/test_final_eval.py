@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_run_config
+from conftest import tiny_run_config, train_recording_evaluations
 
 from nerfstudio_3dae.method_configs import latent_method, rgb_method
 from nerfstudio_3dae.trainer import EVAL_ALL_IMAGES_AT_END, evaluates_all_images_at_end
@@ -33,16 +33,7 @@ def run(data, out, steps: int, interval=None):
     config.set_timestamp()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
-    evaluated = []
-    average = trainer.pipeline.get_average_eval_image_metrics
-
-    def recording(step=None, **kwargs):
-        evaluated.append(step)
-        return average(step=step, **kwargs)
-
-    trainer.pipeline.get_average_eval_image_metrics = recording
-    trainer.train()
-    return trainer, evaluated
+    return trainer, train_recording_evaluations(trainer)
 
 
 def test_the_methods_evaluate_at_the_end_whatever_the_length():

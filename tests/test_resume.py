@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tool_env
 
 from nerfstudio_3dae.data.synth.generate import generate_dataset
 from nerfstudio_3dae.latent_model import LR_PHASE
@@ -49,7 +50,7 @@ def test_sigkill_then_resume_finishes_the_run(tmp_path):
             "--pipeline.model.scratch-width", "8", "--pipeline.model.resolution", "8",
             "--pipeline.model.num-bases", "2", "--pipeline.model.num-coarse-samples", "8",
             "--pipeline.model.num-fine-samples", "8", "--pipeline.model.finetune-start", "300"]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env = tool_env()
     ckpts = tmp_path / "runs" / "cars" / "3dae-latent" / "run" / "nerfstudio_models"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

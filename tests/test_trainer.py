@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_run_config
+from conftest import tiny_run_config, train_recording_evaluations
 from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 import nerfstudio_3dae
@@ -45,16 +45,7 @@ def test_the_final_evaluation_rule():
 @pytest.mark.parametrize("interval, expected", [(4, [3]), (2, [2, 3]), (3, [3]), (1000, [])])
 def test_a_run_evaluates_every_test_view_at_its_end(tiny_dataset, tmp_path, one_thread, interval, expected):
     trainer = tiny_trainer(tiny_dataset(num_scenes=2), tmp_path, steps=4, eval_all_every=interval)
-    evaluated = []
-    average = trainer.pipeline.get_average_eval_image_metrics
-
-    def recording(step=None, **kwargs):
-        evaluated.append(step)
-        return average(step=step, **kwargs)
-
-    trainer.pipeline.get_average_eval_image_metrics = recording
-    trainer.train()
-    assert evaluated == expected
+    assert train_recording_evaluations(trainer) == expected
 
 
 def test_thread_probe_keeps_the_faster_count():
