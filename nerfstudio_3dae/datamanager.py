@@ -6,7 +6,8 @@ carries the scene ids) and a dict with ``image`` ([K, H, W, 3] float in [0, 1]),
 and, once :meth:`attach_latents` ran, ``latent`` [K, c, h, w].
 
 A batch's rows travel to the training device as they are stored (uint8 images: a quarter of float32's bytes) and
-are made float there; from CPU memory to a GPU through pinned memory, without blocking (:func:`rows_to_device`).
+are made float there; from CPU memory to a GPU through pinned memory, without blocking
+(:func:`nerfstudio_3dae.transfer.rows_to_device`).
 """
 
 from __future__ import annotations
@@ -29,31 +30,8 @@ from nerfstudio_3dae.data.dataparser import SCENE_ID, SHARD, ScenesDataParserCon
 from nerfstudio_3dae.data.images import cached_latents, load_images, views_by_scene
 from nerfstudio_3dae.distributed import Shard, owned_scenes
 from nerfstudio_3dae.image_layout import to_float
-from nerfstudio_3dae.rays import BATCH_LAYOUT, BatchLayout, host_to_device, is_pinhole
-
-
-def wants_pinned(source: Union[torch.device, str], target: Union[torch.device, str]) -> bool:
-    """Whether rows copied from ``source`` to ``target`` go through pinned (page-locked) host memory: CPU to CUDA
-    only (a CPU target needs no copy; pinning needs CUDA)."""
-    return torch.device(source).type == "cpu" and torch.device(target).type == "cuda"
-
-
-def rows_to_device(store: Tensor, indices: Tensor, device: Union[torch.device, str]) -> Tensor:
-    """``store[indices]`` on ``device``, in the store's dtype (convert it there, after the copy).
-
-    The rows are gathered where the store is. From a CPU store to a CUDA device they are gathered straight into
-    pinned memory and copied with ``non_blocking=True`` (the host goes on while the copy runs; torch's pinned-memory
-    cache keeps the buffer until the copy is done). Pinning the store itself would not help: indexing it makes a new,
-    pageable tensor. Where pinned memory cannot be had, the copy is an ordinary one."""
-    device = torch.device(device)
-    if not wants_pinned(store.device, device):
-        return store[indices.to(store.device)].to(device)
-    try:
-        staged = torch.empty((len(indices), *store.shape[1:]), dtype=store.dtype, pin_memory=True)
-    except RuntimeError:  # no pinned memory (e.g. locked-memory limit): pageable copy
-        return store[indices].to(device)
-    torch.index_select(store, 0, indices, out=staged)
-    return staged.to(device, non_blocking=True)
+from nerfstudio_3dae.rays import BATCH_LAYOUT, BatchLayout, is_pinhole
+from nerfstudio_3dae.transfer import host_to_device, rows_to_device
 
 
 @dataclass

@@ -18,8 +18,9 @@ from torch.utils.checkpoint import checkpoint
 
 from nerfstudio_3dae.backends import decide_backend
 from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked
-from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct, host_to_device
+from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct
 from nerfstudio_3dae.rendering import render_rays
+from nerfstudio_3dae.transfer import host_to_device
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
 
 

@@ -23,16 +23,20 @@ LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"
 """The torchvision AlexNet checkpoint torchmetrics' LPIPS ('alex') loads from torch's hub cache."""
 
 
+def psnr_of_mse(mse: Tensor, data_range: float = 1.0) -> Tensor:
+    """PSNR in dB of mean squared errors (any shape): ``10 log10(data_range² / mse)``."""
+    return 10.0 * torch.log10(data_range**2 / mse)
+
+
 def batch_psnr(pred: Float[Tensor, "*bs"], target: Float[Tensor, "*bs"], data_range: float) -> Float[Tensor, ""]:
     """PSNR of a whole batch (one mean squared error), as a device tensor: a training step's metric, computed in a
     few operators and never read back (torchmetrics' PSNR takes some fourteen)."""
-    return 10.0 * torch.log10(data_range**2 / torch.nn.functional.mse_loss(pred, target))
+    return psnr_of_mse(torch.nn.functional.mse_loss(pred, target), data_range)
 
 
 def psnr_per_image(pred: Float[Tensor, "B c H W"], target: Float[Tensor, "B c H W"]) -> Float[Tensor, "B"]:
     """PSNR in dB of each image of a batch in [0, 1] (the prediction clamped to it; an exact match counts as 100 dB)."""
-    mse = ((pred.clamp(0, 1) - target) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return -10.0 * torch.log10(mse)
+    return psnr_of_mse(((pred.clamp(0, 1) - target) ** 2).flatten(1).mean(1).clamp_min(1e-10))
 
 
 def image_metrics(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int, UInt8
 from torch import Tensor, nn
 
-from nerfstudio_3dae.rays import host_to_device
+from nerfstudio_3dae.transfer import host_to_device
 
 DensityFn = Callable[[Float[Tensor, "S P 3"]], Float[Tensor, "S P 1"]]
 

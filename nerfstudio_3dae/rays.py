@@ -167,16 +167,3 @@ def distinct(values: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     unique = tuple(sorted(set(values)))
     position = {v: i for i, v in enumerate(unique)}
     return unique, tuple(position[v] for v in values)
-
-
-def host_to_device(values: Sequence[int], device: torch.device) -> Tensor:
-    """``values`` as an int64 tensor on ``device``, copied without blocking the host (through pinned memory when the
-    device is a GPU: an ordinary copy from pageable memory waits for the device)."""
-    host = torch.tensor(values, dtype=torch.long)
-    if torch.device(device).type != "cuda":
-        return host
-    try:
-        host = host.pin_memory()
-    except RuntimeError:  # no pinned memory (locked-memory limit): a blocking copy
-        return host.to(device)
-    return host.to(device, non_blocking=True)

@@ -14,7 +14,8 @@ from nerfstudio_3dae import datamanager
 from nerfstudio_3dae.data.dataparser import SCENE_ID, ScenesDataParserConfig
 from nerfstudio_3dae.data.images import decode_image
 from nerfstudio_3dae.data.layout import DatasetError
-from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig, auto_scenes_per_step, rows_to_device, wants_pinned
+from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig, auto_scenes_per_step
+from nerfstudio_3dae.transfer import rows_to_device, wants_pinned
 
 
 def manager(root, **kwargs):

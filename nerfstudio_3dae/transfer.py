@@ -1,0 +1,53 @@
+"""Host → device copies that do not make the host wait: through pinned (page-locked) memory to a GPU, with
+``non_blocking=True`` (an ordinary copy from pageable memory waits for the device's queue). Used for a batch's rows
+(images, latents) and for the small index tensors a training step builds on the host."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+
+def wants_pinned(source: Union[torch.device, str], target: Union[torch.device, str]) -> bool:
+    """Whether data copied from ``source`` to ``target`` goes through pinned host memory: CPU to CUDA only (a CPU
+    target needs no copy; pinning needs CUDA)."""
+    return torch.device(source).type == "cpu" and torch.device(target).type == "cuda"
+
+
+def _pinned(shape: Tuple[int, ...], dtype: torch.dtype) -> Optional[Tensor]:
+    """An empty pinned host tensor, or None where pinned memory cannot be had (e.g. the locked-memory limit)."""
+    try:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    except RuntimeError:
+        return None
+
+
+def rows_to_device(store: Tensor, indices: Tensor, device: Union[torch.device, str]) -> Tensor:
+    """``store[indices]`` on ``device``, in the store's dtype (convert it there, after the copy).
+
+    The rows are gathered where the store is. From a CPU store to a CUDA device they are gathered straight into
+    pinned memory and copied without blocking (torch's pinned-memory cache keeps the buffer until the copy is done).
+    Pinning the store itself would not help: indexing it makes a new, pageable tensor. Where pinned memory cannot be
+    had, the copy is an ordinary one."""
+    device = torch.device(device)
+    if not wants_pinned(store.device, device):
+        return store[indices.to(store.device)].to(device)
+    staged = _pinned((len(indices), *store.shape[1:]), store.dtype)
+    if staged is None:
+        return store[indices].to(device)
+    torch.index_select(store, 0, indices, out=staged)
+    return staged.to(device, non_blocking=True)
+
+
+def host_to_device(values: Sequence[int], device: Union[torch.device, str]) -> Tensor:
+    """Host ints as an int64 tensor on ``device``, copied as :func:`rows_to_device` copies (no copy on the CPU)."""
+    host = torch.tensor(values, dtype=torch.long)
+    device = torch.device(device)
+    if not wants_pinned(host.device, device):
+        return host if device.type == "cpu" else host.to(device)
+    staged = _pinned(tuple(host.shape), host.dtype)
+    if staged is None:
+        return host.to(device)
+    return staged.copy_(host).to(device, non_blocking=True)
