@@ -65,11 +65,7 @@ def test_a_bad_crc_is_damage_and_other_failures_are_torchs(tmp_path):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside the tensor's bytes: the archive's directory is intact
     path.write_bytes(bytes(data))
-    assert "fails its CRC check" in checkpoints.zip_damage(path)
-    try:
-        load_checkpoint_file(path)  # torch may load it (it does not check every CRC): nothing to report then
-    except DamagedCheckpointError as err:
-        assert "fails its CRC check" in str(err)
+    assert "fails its CRC check" in checkpoints.zip_damage(path)  # torch.load may not notice: it skips CRC checks
 
     intact = tmp_path / "custom.ckpt"
     torch.save({"x": NotAllowListed()}, intact)
