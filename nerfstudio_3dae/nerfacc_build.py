@@ -71,6 +71,10 @@ class SourcePatchError(RuntimeError):
     """nerfacc's sources do not hold the text a patch replaces, nor its fix; the message names the file and text."""
 
 
+class NoBuildTargetError(RuntimeError):
+    """No GPU is visible and ``TORCH_CUDA_ARCH_LIST`` does not say which GPU to build for."""
+
+
 @dataclass(frozen=True)
 class SourcePatch:
     """One checked textual replacement in nerfacc's ``csrc`` folder."""
@@ -406,12 +410,12 @@ Runner = Callable[[List[str], float, Path, Optional[Mapping[str, str]]], Tuple[i
 
 def _prepare(build_dir: Path) -> Tuple[List[str], Dict[str, str]]:
     """The child's command and environment for a build into ``build_dir``, its patched sources written; raises
-    :class:`SourcePatchError` or :class:`FileNotFoundError` (no nvcc) or :class:`RuntimeError` (no GPU to build for)."""
+    :class:`SourcePatchError` or :class:`FileNotFoundError` (no nvcc) or :class:`NoBuildTargetError`."""
     nvcc = find_nvcc()
     if nvcc is None:
         raise FileNotFoundError("no CUDA toolkit (nvcc is not on PATH)")
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise NoBuildTargetError(
             "no GPU here to build for: set TORCH_CUDA_ARCH_LIST to the GPU's compute capability (e.g. 9.0 for "
             "H100/H200)"
         )
@@ -442,7 +446,7 @@ def build_nerfacc(
     prefix = f"{removed}; " if removed else ""
     try:
         command, env = _prepare(build_dir)
-    except (SourcePatchError, FileNotFoundError, RuntimeError) as err:
+    except (SourcePatchError, FileNotFoundError, NoBuildTargetError) as err:
         return BuildResult(False, time.perf_counter() - start, f"{prefix}{err}")
     build_dir.mkdir(parents=True, exist_ok=True)
     log = build_log_path(build_dir)

@@ -257,6 +257,11 @@ def test_old_torch_young_unheld_lock_is_not_removed(sim, monkeypatch: pytest.Mon
     assert "removed the stale lock" in nerfacc_build.remove_stale_lock(sim.build_dir) and not lock.exists()
 
 
+def test_this_projects_torch_takes_an_os_lock() -> None:
+    # docs/gpu.md's lock section (a fresh unheld lock is removed at once) holds for the pinned torch only if it does
+    assert hasattr(torch.utils.cpp_extension, "FileLock")
+
+
 @pytest.mark.parametrize("file_lock", [True, False])
 def test_a_fresh_unheld_lock_is_stale_only_under_an_os_locking_torch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_lock: bool
