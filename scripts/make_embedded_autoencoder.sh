@@ -26,6 +26,8 @@
 #   JOINT_SCENES [100]  JOINT_VIEWS [24]  JOINT_TEST_VIEWS [4]  step 2's generated cars (seed 7000)
 #   CHANNELS [16]  latent channels      RESOLUTION [128]  image size of both corpora
 #   AE_ARGS, JOINT_ARGS  more options for step 1 / step 2 (last wins)       INSTALL [1]  step 3 on (1) or off (0)
+#   AE_START []    an autoencoder folder (diffusers save_pretrained) to start step 2 from instead of running step 1,
+#                  e.g. the autoencoder-only export of scripts/gpu_recipe.sh (step 1 at GPU sizes)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if ! command -v ns-3dae-train-autoencoder >/dev/null 2>&1; then  # else: an installed project (.whl/install.sh)
@@ -55,13 +57,23 @@ case "$DEVICE" in
 esac
 mkdir -p "$WORK"
 
-echo "[make-ae] 1/3 autoencoder-only: $AE_STEPS steps ($FULL_STEPS on whole images), $CHANNELS latent channels," \
-  "--device $DEVICE, --batch-size $BATCH, $WORKERS generator workers"
-SECONDS=0
-ns-3dae-train-autoencoder --output "$WORK/ae" --corpus-dir "$CORPUS" --latent-channels "$CHANNELS" \
-  --steps "$AE_STEPS" --full-image-steps "$FULL_STEPS" --eval-every 500 --save-every 100 --threads "${THREADS:-1}" \
-  --device "$DEVICE" --batch-size "$BATCH" --workers "$WORKERS" --resolution "$RESOLUTION" ${AE_ARGS:-}
-echo "[make-ae] 1/3 done in $SECONDS s"
+if [ -n "${AE_START:-}" ]; then
+  if [ ! -f "$AE_START/config.json" ]; then
+    echo "[make-ae] AE_START=$AE_START is not an autoencoder folder (no config.json there)" >&2
+    exit 2
+  fi
+  START="$AE_START"
+  echo "[make-ae] 1/3 skipped: step 2 starts from AE_START=$START"
+else
+  echo "[make-ae] 1/3 autoencoder-only: $AE_STEPS steps ($FULL_STEPS on whole images), $CHANNELS latent channels," \
+    "--device $DEVICE, --batch-size $BATCH, $WORKERS generator workers"
+  SECONDS=0
+  ns-3dae-train-autoencoder --output "$WORK/ae" --corpus-dir "$CORPUS" --latent-channels "$CHANNELS" \
+    --steps "$AE_STEPS" --full-image-steps "$FULL_STEPS" --eval-every 500 --save-every 100 --threads "${THREADS:-1}" \
+    --device "$DEVICE" --batch-size "$BATCH" --workers "$WORKERS" --resolution "$RESOLUTION" ${AE_ARGS:-}
+  echo "[make-ae] 1/3 done in $SECONDS s"
+  START="$WORK/ae/autoencoder"
+fi
 
 echo "[make-ae] 2/3 joint phase (3dae-autoencoder): $JOINT_STEPS steps, $WARMUP_STEPS of them warm-up"
 SECONDS=0
@@ -79,7 +91,7 @@ fi
 ns-train 3dae-autoencoder --data "$WORK/joint-scenes" --output-dir "$WORK/runs" --experiment-name embedded-ae \
     --timestamp run --max-num-iterations "$JOINT_STEPS" --vis tensorboard --steps-per-eval-image 500 \
     --steps-per-save 100 --logging.steps-per-log 50 "${RESUME[@]}" "${MACHINE[@]}" \
-    --pipeline.model.autoencoder "$WORK/ae/autoencoder" --pipeline.model.warmup-steps "$WARMUP_STEPS" \
+    --pipeline.model.autoencoder "$START" --pipeline.model.warmup-steps "$WARMUP_STEPS" \
     --pipeline.model.ae-weight "${JOINT_AE_WEIGHT:-0.1}" \
     --pipeline.datamanager.scenes-per-step 2 --pipeline.datamanager.views-per-scene 2 ${JOINT_ARGS:-}
 echo "[make-ae] 2/3 done in $SECONDS s"

@@ -104,6 +104,9 @@ LEVERS: Dict[str, Lever] = {
         {**DECODE_SCENE, "pixel_jitter": True, "resolution": 32, "bases_from_autoencoder": False},
     ),  # fmt: skip
     "defaults": Lever("the method's defaults (its own fine-tune share)", -1.0),
+    "decode-whole-view": Lever(
+        "the method's defaults, the decoded phase decoding whole views instead of a crop", -1.0, {"decode_crop": 0}
+    ),  # fmt: skip
 }
 """The levers ``--levers`` chooses from. ``decoded_share`` -1: the share the method's defaults give (finetune_start
 of ``3dae-latent`` over its steps)."""
