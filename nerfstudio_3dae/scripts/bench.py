@@ -24,6 +24,9 @@ quality.md; docs/quality.md).
 (data, forward, occupancy, loss, backward, optimiser, callbacks), dispatched operators, host syncs by kind, the top
 operators (step-profile.json, step-profile.md; docs/gpu.md).
 
+``ns-3dae-bench reconstruction --autoencoders embedded my-ae --data data/cars`` measures D(E(x)) of autoencoders on
+datasets' views side by side (reconstruction.json, reconstruction.md; docs/autoencoder.md).
+
 A new benchmark is one class with a ``main()`` method and one entry of :data:`COMMANDS`.
 """
 
@@ -452,6 +455,44 @@ class StepProfile:
         CONSOLE.print(f"wrote {self.output / 'step-profile.json'} and {self.output / 'step-profile.md'}")
 
 
+@dataclass
+class Reconstruction:
+    """D(E(x)) PSNR of autoencoders on datasets' views, side by side (the ceiling of decoded renders)."""
+
+    autoencoders: Tuple[str, ...] = ("embedded",)
+    """Autoencoders, as --pipeline.model.autoencoder names them: 'embedded', a diffusers folder, a 3dae-autoencoder
+    run, a hub id (needs a hub)."""
+    data: Tuple[Path, ...] = ()
+    """Datasets in the multi-scene layout (docs/layout.md): generated, converted or your own."""
+    split: Literal["all", "test", "train"] = "all"
+    """Which views of each dataset."""
+    max_views: int = 0
+    """At most this many views per dataset, spread over its scenes (0: all)."""
+    output: Optional[Path] = None
+    """Where to write reconstruction.json and reconstruction.md (default: print only)."""
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+
+    def main(self) -> None:
+        import torch
+
+        from nerfstudio_3dae.bench.reconstruction import reconstruction_table, run_reconstruction
+
+        if not self.data:
+            CONSOLE.print("[bold red]error:[/bold red] --data: name at least one dataset folder")
+            sys.exit(2)
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        result = run_reconstruction(self.autoencoders, self.data, self.split, self.max_views or None, CONSOLE.print)
+        table = reconstruction_table(result)
+        CONSOLE.print(table, soft_wrap=True, highlight=False)
+        if self.output is not None:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / "reconstruction.json").write_text(json.dumps(result, indent=2) + "\n")
+            (self.output / "reconstruction.md").write_text(table)
+            CONSOLE.print(f"wrote {self.output / 'reconstruction.json'} and {self.output / 'reconstruction.md'}")
+
+
 COMMANDS: Dict[str, Type] = {
     "scaling": Scaling,
     "compare": Compare,
@@ -460,6 +501,7 @@ COMMANDS: Dict[str, Type] = {
     "skipping": Skipping,
     "quality": Quality,
     "step-profile": StepProfile,
+    "reconstruction": Reconstruction,
 }
 """Subcommand name -> dataclass with a ``main()`` method."""
 
