@@ -129,7 +129,7 @@ class Compare:
 
     preset: Literal["tiny", "small", "medium", "paper50", "paper", "gpu"] = "small"
     """Sizes and steps. tiny: the code path in seconds (tests); small: 64², about 15 min on a 2-core CPU;
-    medium: 128², R = 64, about 40 min on a 2-core CPU; paper50: medium's sizes with the paper's 50 views a scene (10
+    medium: 128², R = 64, about 45 min on a 2-core CPU; paper50: medium's sizes with the paper's 50 views a scene (10
     test) in convergence mode (estimated ~1 h 40 min on a 2-core CPU with both caps hit); paper: the paper's sizes
     (GPU); gpu: 256 scenes at 128², each method at the batch that fills a GPU (about 10-15 min on one H200,
     estimated)."""
