@@ -14,10 +14,12 @@ from conftest import BIN, tool_env
 from PIL import Image
 from srn_layout import write_srn_cars
 
-from nerfstudio_3dae.bench.compare import PRESETS, run_compare, select_scenes, summarise, time_to_reach
+from nerfstudio_3dae.bench.compare import PRESETS, resolve_preset, run_compare, select_scenes, summarise, time_to_reach
+from nerfstudio_3dae.bench.convergence import budget_prefix, stop_at_plateau, summarise_convergence
 from nerfstudio_3dae.bench.measure import MethodRun, saved_activation_bytes
 from nerfstudio_3dae.bench.memory import ParameterCounts, effective_memory
-from nerfstudio_3dae.bench.report import PLOTS, markdown_table
+from nerfstudio_3dae.bench.plateau import PlateauRule, plateau
+from nerfstudio_3dae.bench.report import PLOTS, markdown_table, write_outputs
 from nerfstudio_3dae.data.layout import DatasetError
 
 REQUIRED = {"time_ratio", "memory_ratio", "render_ratio", "psnr_rgb", "psnr_latent", "ssim_rgb", "ssim_latent",
@@ -184,6 +186,17 @@ def test_presets_are_runnable_schedules(name):
     assert 0 < p.finetune_start < p.latent_steps, "the latent run fine-tunes its decoder"
     assert p.scenes_per_step <= min(p.scenes, p.stage1_scenes)
     assert p.eval_every <= min(p.rgb_steps, p.latent_steps)
+    p.check_convergence()  # the caps hold the equal-budget steps, the rule's parameters are in range
+
+
+def test_paper50_is_the_papers_views_at_128_in_convergence_mode():
+    p, medium = PRESETS["paper50"], PRESETS["medium"]
+    assert (p.views_per_scene, p.test_views, p.image_size, p.convergence) == (50, 10, 128, True)
+    assert (p.triplane_resolution, p.num_bases, p.samples) == (medium.triplane_resolution, medium.num_bases,
+                                                               medium.samples)  # fmt: skip
+    assert (p.rgb_steps, p.latent_steps) == (medium.rgb_steps, medium.latent_steps), "medium's equal budget"
+    assert p.step_cap("rgb") > p.rgb_steps and p.step_cap("latent") > p.latent_steps
+    assert not medium.convergence and medium.step_cap("rgb") == 4 * medium.rgb_steps, "a cap by default"
 
 
 def test_summary_carries_the_effective_memory_and_the_ablation():
@@ -202,3 +215,141 @@ def test_summary_carries_the_effective_memory_and_the_ablation():
     assert result["ablation"]["time_per_scene_s"] == 8.0 / 5, "19.8 dB reaches the 19.5 dB target"
     table = markdown_table(result)
     assert "| effective memory per scene at N = 1000" in table and "Ablation, 3dae-rgb with" in table
+
+
+def _curve(psnrs, every=50, seconds_per_step=2.0):
+    """(step, seconds, PSNR, SSIM) every ``every`` steps."""
+    return [(every * (i + 1), seconds_per_step * every * (i + 1), p, 0.5) for i, p in enumerate(psnrs)]
+
+
+def test_the_plateau_rule_on_synthetic_curves():
+    rule = PlateauRule()  # the last 20 % of the steps, 0.1 dB
+    rising = plateau(_curve([20 + 0.5 * i for i in range(20)]), rule)  # +0.5 dB every 50 steps to step 1000
+    assert not rising.plateaued and rising.gain_db == pytest.approx(2.0) and rising.psnr == pytest.approx(29.5)
+    assert rising.verdict == "still rising: +2.00 dB over the last window (steps 800–1000)"
+    assert (rising.step, rising.seconds, rising.last_step) == (1000, 2000.0, 1000)
+
+    flat = plateau(_curve([min(20 + 0.5 * i, 24.0) for i in range(20)]), rule)  # 24 dB from step 450 on
+    assert flat.plateaued and flat.gain_db == 0.0 and (flat.psnr, flat.step, flat.seconds) == (24.0, 450, 900.0)
+    assert flat.verdict.startswith("plateaued: +0.00 dB")
+    almost = plateau(_curve([min(20 + 0.5 * i, 23.95) for i in range(20)] + [24.0]), rule)
+    assert almost.plateaued and almost.step == 450, "reached at the first evaluation within 0.1 dB of the best"
+
+    noisy_flat = plateau(_curve([24.0 + 0.04 * (-1) ** i for i in range(20)]), rule)
+    assert noisy_flat.plateaued and noisy_flat.psnr == pytest.approx(24.04) and noisy_flat.step == 50
+    noisy_rising = plateau(_curve([20 + 0.1 * i + 0.3 * (-1) ** i for i in range(20)]), rule)
+    assert not noisy_rising.plateaued and noisy_rising.gain_db == pytest.approx(0.4)
+    falling = plateau(_curve([20, 22, 24, 23, 22, 21, 20, 19, 18, 17]), rule)
+    assert falling.plateaued and (falling.psnr, falling.step) == (24, 150), "past its best: nothing left to gain"
+
+    # the boundary: a gain of exactly min_gain_db is still rising (strictly less plateaus)
+    half = PlateauRule(window_fraction=0.2, min_gain_db=0.5)
+    assert not plateau(_curve([20.0] * 8 + [20.5, 20.5]), half).plateaued
+    assert plateau(_curve([20.0] * 8 + [20.25, 20.5 - 0.25]), half).plateaued
+
+    for short in (_curve([20.0]), _curve([20.0, 30.0]), _curve([20.0] * 4)):  # 1, 1 and 1 evaluation(s) in the window
+        verdict = plateau(short, rule)
+        assert not verdict.plateaued and verdict.gain_db is None and verdict.verdict.startswith("too short to tell")
+    assert plateau(_curve([20.0] * 10), rule).plateaued, "10 evaluations: 2 in the last 20 %"
+    assert not plateau(_curve([20.0] * 10), PlateauRule(window_fraction=0.1)).plateaued, "1 in the last 10 %"
+
+    with pytest.raises(ValueError, match="--plateau-window must be in"):
+        PlateauRule(window_fraction=1.0)
+    with pytest.raises(ValueError, match="--plateau-min-gain-db must be > 0"):
+        PlateauRule(min_gain_db=0.0)
+    with pytest.raises(ValueError, match="increasing step order"):
+        plateau([(100, 1.0, 20.0, 0.5), (50, 2.0, 21.0, 0.5)], rule)
+    with pytest.raises(ValueError, match="at least one evaluation"):
+        plateau([], rule)
+    stop = stop_at_plateau(rule, min_steps=1000)
+    assert not stop(_curve([20.0] * 10)) and stop(_curve([20.0] * 20)), "never before the equal-budget steps"
+
+
+def test_convergence_figures_from_the_curves_and_a_latent_run_that_never_gets_there():
+    rgb = _run(_curve([20 + 0.5 * i for i in range(8)] + [24.0] * 12, seconds_per_step=4.0))  # plateau 24 dB, 450
+    latent = _run(_curve([22 + 0.1 * i for i in range(20)], seconds_per_step=0.5))  # still rising at its cap
+    rule, caps, budgets = PlateauRule(), {"rgb": 2000, "latent": 1000}, {"rgb": 300, "latent": 600}
+    c = summarise_convergence({"rgb": rgb, "latent": latent}, rule, caps, budgets, 0.5, num_scenes=4)
+    assert c["rgb"]["plateaued"] and not c["rgb"]["cap_hit"] and (c["rgb"]["psnr"], c["rgb"]["step"]) == (24.0, 450)
+    assert c["rgb"]["time_per_scene_s"] == 4.0 * 450 / 4
+    assert not c["latent"]["plateaued"] and c["latent"]["cap_hit"] and c["latent"]["gain_db"] == pytest.approx(0.4)
+    assert c["psnr_target"] == 23.5 and not c["both_plateaued"] and len(c["caveats"]) == 1
+    # RGB passes 23.5 dB at step 400 (1600 s), the latent run at step 800 (22 + 0.1 x 15 = 23.5 dB: 400 s)
+    assert c["time_to_target_s"] == {"rgb": 1600.0, "latent": pytest.approx(400.0)}
+    assert c["time_ratio"] == pytest.approx(4.0) and c["time_ratio_reason"] is None
+
+    never = _run(_curve([20.0 + 0.05 * i for i in range(20)], seconds_per_step=0.5))
+    missed = summarise_convergence({"rgb": rgb, "latent": never}, rule, caps, budgets, 0.5, num_scenes=4)
+    assert missed["time_ratio"] is None and missed["time_to_target_s"]["latent"] is None
+    assert missed["time_ratio_reason"].startswith("3dae-latent never reached 23.50 dB (RGB plateau 24.00 − 0.5 dB)")
+    assert "its best was 20.95 dB in 1000 steps (still rising: +0.20 dB" in missed["time_ratio_reason"]
+
+    budget = {"rgb": budget_prefix(rgb, 300), "latent": budget_prefix(latent, 600)}
+    assert [s for s, *_ in budget["latent"].curve] == list(range(50, 601, 50))
+    with pytest.raises(ValueError, match="no evaluation at step 333"):
+        budget_prefix(rgb, 333)
+    result = summarise("tiny", PRESETS["tiny"], 10.0, budget["rgb"], budget["latent"], "cpu", 0.5, num_scenes=4)
+    result.update(mode="convergence", convergence=c)
+    table = markdown_table(result)
+    assert "**At convergence**" in table and table.index("**At convergence**") < table.index("**Equal budget**")
+    assert (
+        "| plateaued? | yes (plateaued: +0.00 dB over the last window (steps 800–1000)) | **NOT plateaued**: still "
+        "rising: +0.40 dB over the last window (steps 800–1000) |" in table
+    )
+    assert "| steps trained | 1000 (cap 2000) | 1000 (cap 1000, hit) |" in table
+    assert "| time to 23.50 dB (RGB plateau − 0.5 dB) | 4.00 | ≥ 10 | no |" in table
+    assert "* caveat: 3dae-latent had not plateaued" in table
+    # the equal-budget row says it too: RGB was still rising at its 300 steps
+    assert (
+        result["plateau"]["rgb"]["verdict"].startswith("still rising")
+        and "| plateaued by the last step? | "
+        "**NOT plateaued**: still rising: +1.00 dB over the last window (steps 240–300)"
+        in table
+    )
+    assert "not reached: 3dae-latent never reached" in markdown_table({**result, "convergence": missed})
+
+
+def test_a_tiny_compare_in_convergence_mode(tmp_path: Path, one_thread):
+    """The rule decides when each run stops (a rule that any curve meets once it can tell: RGB hits its cap before
+    that, the latent run stops after its equal budget at its first verdict), compare.json reports it from the
+    recorded curves, and the equal-budget figures are those of a plain run of the same scenes."""
+    preset = resolve_preset("tiny", "convergence", rgb_step_cap=16, latent_step_cap=64, plateau_window=0.5,
+                            plateau_min_gain_db=50.0)  # fmt: skip
+    result = run_compare("tiny", tmp_path / "conv", preset=preset, log=lambda line: None)
+    c = result["convergence"]
+    assert result["mode"] == "convergence" and result["settings"]["convergence"]
+    curves = {name: [tuple(point) for point in curve] for name, curve in c["curves"].items()}
+    assert [s for s, *_ in curves["rgb"]] == [8, 16], "the cap: 16 steps, too short to tell"
+    assert not c["rgb"]["plateaued"] and c["rgb"]["cap_hit"] and c["rgb"]["verdict"].startswith("too short")
+    assert [s for s, *_ in curves["latent"]] == [8, 16, 24], "stopped at its first verdict, far from its cap"
+    assert c["latent"]["plateaued"] and not c["latent"]["cap_hit"] and c["latent"]["last_step"] == 24
+    rule = preset.plateau_rule()
+    for name in ("rgb", "latent"):
+        verdict = plateau(curves[name], rule)
+        assert (c[name]["psnr"], c[name]["step"], c[name]["seconds"]) == (verdict.psnr, verdict.step, verdict.seconds)
+    target = c["rgb"]["psnr"] - 0.5
+    rgb_t, latent_t = time_to_reach(curves["rgb"], target), time_to_reach(curves["latent"], target)
+    assert c["psnr_target"] == pytest.approx(target) and c["time_to_target_s"] == {"rgb": rgb_t, "latent": latent_t}
+    if latent_t is None:
+        assert c["time_ratio"] is None and c["time_ratio_reason"].startswith("3dae-latent never reached")
+    else:
+        assert c["time_ratio"] == pytest.approx(rgb_t / latent_t) and c["time_ratio_reason"] is None
+    # the equal-budget row: the same curves cut at 16 steps, learning as a plain run does
+    assert [tuple(p) for p in result["curves"]["latent"]] == curves["latent"][:2]
+    _assert_ratios_follow_the_curves(result, scenes=2)
+    plain = run_compare("tiny", tmp_path / "plain", log=lambda line: None)
+    assert plain["mode"] == "equal-budget" and "convergence" not in plain
+    for name in ("rgb", "latent"):
+        psnrs = [p for _, _, p, _ in plain["curves"][name]]
+        assert [p for _, _, p, _ in result["curves"][name]] == pytest.approx(psnrs, abs=1e-5), name
+    write_outputs(result, tmp_path / "conv")
+    table = (tmp_path / "conv" / "compare.md").read_text()
+    assert "| steps trained | 16 (cap 16, hit) | 24 (cap 64) |" in table and "**NOT plateaued**: too short" in table
+
+    with pytest.raises(ValueError, match="--rgb-step-cap 8 is under the preset's 16 rgb steps"):
+        resolve_preset("tiny", "convergence", rgb_step_cap=8)
+    with pytest.raises(ValueError, match="--plateau-window must be in"):
+        resolve_preset("tiny", plateau_window=1.5)
+    with pytest.raises(ValueError, match="--preset: unknown preset 'huge'"):
+        resolve_preset("huge")
+    assert not resolve_preset("paper50", "equal-budget").convergence and resolve_preset("paper50").convergence

@@ -23,7 +23,13 @@ views are rendered and scored (decoded RGB for the latent method). The figures (
 * effective per-scene memory, the paper's accounting (:mod:`nerfstudio_3dae.bench.memory`): a scene's parameters
   + the shared ones (bases, MLP, the whole autoencoder) / N, for N = 1 … 10 000, with and without Adam state;
 * time to render one ``render_size``² view (the latent method: a latent image and its decoding);
-* stage-1 time amortised over 1 … 1000 scenes: the "effective per-scene" cost of the latent method.
+* stage-1 time amortised over 1 … 1000 scenes: the "effective per-scene" cost of the latent method;
+* the plateau rule's verdict on each curve (:mod:`nerfstudio_3dae.bench.plateau`): had it stopped rising?
+
+In **convergence mode** (``--mode convergence``, the ``paper50`` preset) the RGB and latent runs go on past their
+equal-budget steps until their test PSNR plateaus or their step cap, and compare.json leads with the figures at
+convergence (:mod:`nerfstudio_3dae.bench.convergence`); the figures above become the second row, cut from the same
+curves at the equal-budget steps.
 """
 
 from __future__ import annotations
@@ -31,15 +37,17 @@ from __future__ import annotations
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
 
 import torch
 
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT
+from nerfstudio_3dae.bench.convergence import budget_prefix, stop_at_plateau, summarise_convergence
 from nerfstudio_3dae.bench.measure import MethodRun, seed_like_ns_train, train_and_measure
 from nerfstudio_3dae.bench.memory import effective_memory
+from nerfstudio_3dae.bench.plateau import plateau, time_to_reach
 from nerfstudio_3dae.bench.presets import PRESETS, ComparePreset
 from nerfstudio_3dae.bench.scaling import describe_device, resolve_device
 from nerfstudio_3dae.data.dataparser import parse_scene_selection
@@ -85,11 +93,6 @@ def configure_method(
     return config
 
 
-def time_to_reach(curve: List[Tuple[int, float, float, float]], target: float) -> Optional[float]:
-    """Training seconds at the first evaluation whose PSNR reaches ``target`` (None if none does)."""
-    return next((seconds for _, seconds, psnr, _ in curve if psnr >= target), None)
-
-
 def summarise(
     preset_name: str,
     preset: ComparePreset,
@@ -102,9 +105,11 @@ def summarise(
     ablation: Optional[MethodRun] = None,
     source: Optional[Dict] = None,
 ) -> Dict:
-    """The compare.json figures (``num_scenes``: N, the preset's by default; ``ablation``: the micro/macro bank in
-    RGB, a third run; ``source``: where the scenes came from)."""
+    """The compare.json figures of the curves of ``rgb`` and ``latent`` as they are (``num_scenes``: N, the preset's
+    by default; ``ablation``: the micro/macro bank in RGB, a third run; ``source``: where the scenes came from);
+    ``plateau`` is the plateau rule's verdict on each curve (did it stop rising before its last step?)."""
     n = num_scenes or preset.scenes
+    runs = {"rgb": rgb, "latent": latent}
     psnr_rgb, ssim_rgb = rgb.curve[-1][2], rgb.curve[-1][3]
     psnr_latent, ssim_latent = latent.curve[-1][2], latent.curve[-1][3]
     target = psnr_rgb - target_margin_db
@@ -161,6 +166,7 @@ def summarise(
             "latent": {"setup": latent.setup_s, **latent.phase_s},
         },
         "curves": {"rgb": rgb.curve, "latent": latent.curve},
+        "plateau": {name: asdict(plateau(run.curve, preset.plateau_rule())) for name, run in runs.items()},
         "runs": {"rgb": rgb.run_dir, "latent": latent.run_dir},
     }
     if rgb.parameters is not None and latent.parameters is not None:
@@ -280,6 +286,22 @@ def run_stage1(
     return run_dir, seconds
 
 
+Mode = Literal["convergence", "equal-budget"]
+
+
+def resolve_preset(name: str, mode: Optional[Mode] = None, **overrides: Any) -> ComparePreset:
+    """The preset ``name`` with the mode (None: the preset's) and the options ``overrides`` that are not None (any
+    ComparePreset field: step caps, plateau rule); a set-up that cannot run is a ValueError naming the option."""
+    if name not in PRESETS:
+        raise ValueError(f"--preset: unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    if mode is not None:
+        changes["convergence"] = mode == "convergence"
+    preset = replace(PRESETS[name], **changes)
+    preset.check_convergence()
+    return preset
+
+
 def run_compare(
     preset_name: str,
     output: Path,
@@ -292,14 +314,27 @@ def run_compare(
     scenes: Optional[str] = None,
     downscale_factor: int = 1,
     ablation: bool = False,
+    preset: Optional[ComparePreset] = None,
 ) -> Dict:
     """Get the data (``data`` with two disjoint selections, or generated scenes), run stage 1, the RGB and the
-    latent method (and, with ``ablation``, the micro/macro bank in RGB), and return the figures."""
-    preset = PRESETS[preset_name]
+    latent method (and, with ``ablation``, the micro/macro bank in RGB), and return the figures. ``preset``: the
+    sizes and schedules (default: ``PRESETS[preset_name]``; :func:`resolve_preset` makes one with options). In
+    convergence mode the RGB and latent runs go on past their equal-budget steps to their plateau or cap
+    (:mod:`nerfstudio_3dae.bench.convergence`); the ablation trains its equal budget only."""
+    preset = preset or resolve_preset(preset_name)
+    rule = preset.plateau_rule()
 
     def on_eval(method: str, step: int, seconds: float, psnr: float) -> None:
         log(f"  {method:<16} step {step:>6}  {seconds:8.1f} s on the clock  test PSNR {psnr:6.2f} dB")
 
+    def train(config, method: str) -> MethodRun:
+        if not preset.convergence:
+            return train_and_measure(config, preset, on_eval)
+        budget = preset.budget_steps(method)
+        return train_and_measure(config, preset, on_eval, stop_at_plateau(rule, budget), eval_at=[budget])
+
+    steps = {m: preset.step_cap(m) if preset.convergence else preset.budget_steps(m) for m in ("rgb", "latent")}
+    until = f" (at least; then to the plateau: {rule.statement()})" if preset.convergence else ""
     chosen = prepare_scenes(preset, output, seed, data, stage1_scenes, scenes, downscale_factor)
     compared, n1, n, source = chosen.compared, chosen.num_stage1, chosen.num_compared, chosen.source
     runs = output / "runs"
@@ -307,9 +342,9 @@ def run_compare(
     log(f"stage 1: 3dae-autoencoder on {n1} other scenes, {preset.stage1_steps} steps")
     stage1_dir, stage1_s = run_stage1(preset, chosen.stage1, runs, autoencoder)
 
-    log(f"3dae-rgb (RGB Tri-Planes) on {n} scenes, {preset.rgb_steps} steps")
-    rgb_config = configure_method(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb", bases=False)
-    rgb = train_and_measure(rgb_config, preset, on_eval)
+    log(f"3dae-rgb (RGB Tri-Planes) on {n} scenes, {preset.rgb_steps} steps{until}, cap {steps['rgb']}")
+    rgb_config = configure_method(rgb_method(), compared, runs, preset, steps["rgb"], "rgb", bases=False)
+    rgb = train(rgb_config, "rgb")
     bank = None
     if ablation:
         log(f"ablation: 3dae-rgb with the micro/macro bank on the same scenes, {preset.rgb_steps} steps")
@@ -317,11 +352,24 @@ def run_compare(
         for key, value in {**RGB_BANK_ABLATION, "num_bases": preset.num_bases}.items():
             setattr(bank_config.pipeline.model, key, value)
         bank = train_and_measure(bank_config, preset, on_eval)
-    log(f"3dae-latent on the same scenes, {preset.latent_steps} steps (decoder fine-tune from {preset.finetune_start})")
-    config = configure_method(latent_method(), compared, runs, preset, preset.latent_steps, "latent")
+    log(
+        f"3dae-latent on the same scenes, {preset.latent_steps} steps{until}, cap {steps['latent']} (decoder "
+        f"fine-tune from {preset.finetune_start})"
+    )
+    config = configure_method(latent_method(), compared, runs, preset, steps["latent"], "latent")
     config.pipeline.model.autoencoder = str(stage1_dir)
     config.pipeline.model.bases = stage1_dir
     config.pipeline.model.finetune_start = preset.finetune_start
-    latent = train_and_measure(config, preset, on_eval)
+    latent = train(config, "latent")
     device = describe_device(resolve_device("auto"))
-    return summarise(preset_name, preset, stage1_s, rgb, latent, device, target_margin_db, n, bank, source)
+    if not preset.convergence:
+        result = summarise(preset_name, preset, stage1_s, rgb, latent, device, target_margin_db, n, bank, source)
+        return {"mode": "equal-budget", **result}
+    budget = {"rgb": budget_prefix(rgb, preset.rgb_steps), "latent": budget_prefix(latent, preset.latent_steps)}
+    result = summarise(
+        preset_name, preset, stage1_s, budget["rgb"], budget["latent"], device, target_margin_db, n, bank, source
+    )
+    caps = {m: preset.step_cap(m) for m in ("rgb", "latent")}
+    budgets = {m: preset.budget_steps(m) for m in ("rgb", "latent")}
+    converged = summarise_convergence({"rgb": rgb, "latent": latent}, rule, caps, budgets, target_margin_db, n)
+    return {"mode": "convergence", "convergence": converged, **result}

@@ -107,8 +107,12 @@ def render_time(pipeline, size: int, repeats: int) -> float:
 class MeasuredRun:
     """One method config, set up on the clock and trained step by step (:meth:`step`), then :meth:`finish`."""
 
-    def __init__(self, config, preset: ComparePreset, on_eval: Optional[OnEval] = None) -> None:
+    def __init__(
+        self, config, preset: ComparePreset, on_eval: Optional[OnEval] = None, eval_at: Sequence[int] = ()
+    ) -> None:
+        """``eval_at``: step counts evaluated besides every ``eval_every`` and the last."""
         self.config, self.preset, self.on_eval = config, preset, on_eval
+        self.eval_at = frozenset(eval_at)
         seed_like_ns_train(config.machine.seed)
         start = time.perf_counter()
         self.trainer = config.setup(local_rank=0, world_size=1)
@@ -118,6 +122,7 @@ class MeasuredRun:
         self.setup_s = time.perf_counter() - start
         self.model = self.trainer.pipeline.model
         self.steps: int = config.max_num_iterations
+        self.steps_done = 0
         self.clock = self.setup_s
         self.curve: List[Tuple[int, float, float, float]] = []
         self.phase_s: Dict[str, float] = {}
@@ -125,8 +130,8 @@ class MeasuredRun:
         self.activation = 0.0
         self.points = 0
 
-    def step(self, step: int) -> None:
-        """Train ``step`` (callbacks included) on the clock; evaluate off the clock when it is due."""
+    def step(self, step: int) -> bool:
+        """Train ``step`` (callbacks included) on the clock; evaluate off the clock when it is due (True then)."""
         trainer, model = self.trainer, self.model
         phase = str(getattr(model, "phase", "rgb"))
         points_before = model.field.points_decoded
@@ -145,8 +150,11 @@ class MeasuredRun:
         self.points += model.field.points_decoded - points_before
         self.clock += spent
         self.phase_s[phase] = self.phase_s.get(phase, 0.0) + spent
-        if (step + 1) % self.preset.eval_every == 0 or step + 1 == self.steps:
+        self.steps_done = step + 1
+        if (step + 1) % self.preset.eval_every == 0 or step + 1 == self.steps or step + 1 in self.eval_at:
             self.evaluate(step + 1)
+            return True
+        return False
 
     def evaluate(self, steps_done: int) -> Dict:
         """Score all test views off the clock after ``steps_done`` steps (once per step count); the metrics."""
@@ -174,16 +182,25 @@ class MeasuredRun:
             str(self.trainer.base_dir),
             self.metrics.get("autoencoded_psnr"),
             parameter_counts(model),
-            self.points / max(self.steps, 1),
+            self.points / max(self.steps_done, 1),
             None if grids is None else float(grids.occupied_fraction().mean()),
         )
 
 
-def train_and_measure(config, preset: ComparePreset, on_eval: Optional[OnEval] = None) -> MethodRun:
-    """Set up ``config`` and train it step by step, timing set-up and steps, evaluating every ``eval_every``."""
-    run = MeasuredRun(config, preset, on_eval)
+def train_and_measure(
+    config,
+    preset: ComparePreset,
+    on_eval: Optional[OnEval] = None,
+    stop: Optional[Callable[[List[Tuple[int, float, float, float]]], bool]] = None,
+    eval_at: Sequence[int] = (),
+) -> MethodRun:
+    """Set up ``config`` and train it step by step, timing set-up and steps, evaluating every ``eval_every`` (and at
+    the step counts ``eval_at``); with ``stop``, asked after every evaluation with the curve so far, the run ends
+    early when it says so (``max_num_iterations`` is then the cap)."""
+    run = MeasuredRun(config, preset, on_eval, eval_at)
     for step in range(run.steps):
-        run.step(step)
+        if run.step(step) and stop is not None and stop(run.curve):
+            break
     return run.finish()
 
 

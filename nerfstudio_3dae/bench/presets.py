@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from nerfstudio_3dae.bench.plateau import PlateauRule
+
+CAP_FACTOR = 4
+"""In convergence mode, a method's step cap when the preset names none: this many times its equal-budget steps."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class ComparePreset:
@@ -50,11 +55,49 @@ class ComparePreset:
     """Side of the views timed for the render ratio."""
     render_repeats: int = 5
     """Timed renders per method (the median is kept)."""
+    convergence: bool = False
+    """Convergence mode: each method trains its equal-budget steps, then on until its test PSNR plateaus (the plateau
+    rule of :mod:`nerfstudio_3dae.bench.plateau`, checked at every evaluation) or its step cap; the equal-budget
+    figures are cut from the same curves."""
+    rgb_step_cap: Optional[int] = None
+    """3dae-rgb's step cap in convergence mode (None: ``CAP_FACTOR`` × ``rgb_steps``)."""
+    latent_step_cap: Optional[int] = None
+    """3dae-latent's step cap in convergence mode (None: ``CAP_FACTOR`` × ``latent_steps``); its decoded phase still
+    starts at ``finetune_start``."""
+    plateau_window: float = 0.2
+    """The plateau rule's window: the last fraction of the steps trained so far."""
+    plateau_min_gain_db: float = 0.1
+    """The plateau rule: plateaued when the best test PSNR rose by less than this over the window (dB)."""
 
     def batch_for(self, method_name: str) -> int:
         """Scenes per step of the method ``method_name`` (a registered 3dae method)."""
         own = {"3dae-rgb": self.rgb_scenes_per_step, "3dae-latent": self.latent_scenes_per_step}.get(method_name)
         return self.scenes_per_step if own is None else own
+
+    def budget_steps(self, method: str) -> int:
+        """The equal-budget steps of ``method`` ('rgb' or 'latent')."""
+        return {"rgb": self.rgb_steps, "latent": self.latent_steps}[method]
+
+    def step_cap(self, method: str) -> int:
+        """The convergence-mode step cap of ``method`` ('rgb' or 'latent')."""
+        cap = {"rgb": self.rgb_step_cap, "latent": self.latent_step_cap}[method]
+        return CAP_FACTOR * self.budget_steps(method) if cap is None else cap
+
+    def plateau_rule(self) -> PlateauRule:
+        """The plateau rule with this preset's parameters."""
+        return PlateauRule(self.plateau_window, self.plateau_min_gain_db)
+
+    def check_convergence(self) -> None:
+        """Errors naming the option for a convergence set-up that cannot run (a cap under the equal-budget steps,
+        whose figures are cut from the same curves; a rule parameter out of range)."""
+        self.plateau_rule()
+        for method in ("rgb", "latent"):
+            if self.step_cap(method) < self.budget_steps(method):
+                raise ValueError(
+                    f"--{method}-step-cap {self.step_cap(method)} is under the preset's {self.budget_steps(method)} "
+                    f"{method} steps: convergence mode trains at least the equal-budget schedule (its figures are "
+                    "the second row)"
+                )
 
 
 PRESETS: Dict[str, ComparePreset] = {
@@ -96,8 +139,10 @@ PRESETS: Dict[str, ComparePreset] = {
         finetune_start=375,
         eval_every=50,
     ),
-    # the paper's image size and R with few scenes and short schedules: estimated ~25 min on an idle 2-core CPU
-    # (per-step costs of the small run scaled by pixels and samples); not yet measured
+    # the paper's image size and R with few scenes and short schedules, measured on the shared 2-core CPU
+    # (docs/benchmarks.md): ~37 min in all on 2026-12-01; on 2026-12-04 (occupancy grids on) 2 000 s of RGB training,
+    # 480 s of latent training and 100 s of stage 1. RGB is still rising at its 300 steps (+0.6 dB over the last 50):
+    # an equal-budget figure, not a plateau (paper50 and --mode convergence train to the plateau)
     "medium": ComparePreset(
         stage1_scenes=4,
         scenes=4,
@@ -114,6 +159,32 @@ PRESETS: Dict[str, ComparePreset] = {
         latent_steps=1200,
         finetune_start=300,
         eval_every=50,
+    ),
+    # the paper's views (50 a scene, 10 of them test) at 128², medium's sizes otherwise, in convergence mode: each
+    # method trains medium's equal-budget steps, then on to its plateau or its cap (RGB 1000 steps, latent 2400).
+    # Estimated from medium's measured step costs (RGB ~3.5 s a step after ~12 s during its first 100, a decoded
+    # latent step ~0.5 s, one torch thread on the shared 2-core CPU): ~1 h 40 min with both caps hit, evaluations of
+    # 40 test views included; not yet run. Leaves out the paper's 1000 scenes (4 here, stage 1 on 4 others for 60
+    # steps, not 500 for 20 000), M = 50 bases (10), 48 + 48 samples (16 + 16) and 30 000-step schedules
+    "paper50": ComparePreset(
+        stage1_scenes=4,
+        scenes=4,
+        views_per_scene=50,
+        test_views=10,
+        image_size=128,
+        triplane_resolution=64,
+        num_bases=10,
+        samples=16,
+        scenes_per_step=2,
+        stage1_steps=60,
+        stage1_warmup=30,
+        rgb_steps=300,
+        latent_steps=1200,
+        finetune_start=300,
+        eval_every=50,
+        convergence=True,
+        rgb_step_cap=1000,
+        latent_step_cap=2400,
     ),
     # the paper's sizes (128², R = 64, 1000 scenes; stage 1 on 500 others): for a GPU
     "paper": ComparePreset(

@@ -27,8 +27,56 @@ def _margin_db(result: Dict) -> float:
     return round(result["psnr_rgb"] - result["psnr_target"], 3)
 
 
+def plateau_cell(verdict: Dict) -> str:
+    """The plateau rule's verdict on one curve, for a table cell: says loudly when it had NOT plateaued."""
+    if verdict["plateaued"]:
+        return f"yes ({verdict['verdict']})"
+    return f"**NOT plateaued**: {verdict['verdict']}"
+
+
+def convergence_table(result: Dict) -> List[str]:
+    """The figures at convergence (compare.json's ``convergence``) as markdown lines."""
+    c, n = result["convergence"], result["settings"]["scenes"]
+    rgb, latent = c["rgb"], c["latent"]
+    gain, margin = c["rule"]["min_gain_db"], round(rgb["psnr"] - c["psnr_target"], 3)
+
+    def reached(m: Dict) -> str:
+        return f"step {m['step']}, {m['seconds']:.1f} s ({m['seconds'] / n:.1f} s per scene)"
+
+    def trained(m: Dict) -> str:
+        return f"{m['last_step']} (cap {m['step_cap']}{', hit' if m['cap_hit'] else ''})"
+
+    ratio = c["time_ratio"]
+    measured = _num(ratio) if ratio is not None else f"not reached: {c['time_ratio_reason']}"
+    lines = [
+        "**At convergence**: each method trained its equal-budget steps, then on until the plateau rule or its step "
+        f"cap stopped it. The rule: {c['rule']['statement']}.",
+        "",
+        "| | 3dae-rgb | 3dae-latent |",
+        "|---|---|---|",
+        f"| plateaued? | {plateau_cell(rgb)} | {plateau_cell(latent)} |",
+        f"| plateau test PSNR (the best) | {rgb['psnr']:.2f} dB | {latent['psnr']:.2f} dB |",
+        f"| first within {gain:g} dB of it | {reached(rgb)} | {reached(latent)} |",
+        f"| steps trained | {trained(rgb)} | {trained(latent)} |",
+        "",
+        "| ratio (RGB ÷ latent) | measured | goal | met |",
+        "|---|---|---|---|",
+        f"| time to {c['psnr_target']:.2f} dB (RGB plateau − {margin:g} dB) | {measured} | "
+        f"≥ {TARGETS['time_ratio']:g} | {_met('time_ratio', ratio)} |",
+    ]
+    lines += [""] + [f"* caveat: {text}" for text in c["caveats"]] if c["caveats"] else []
+    budget = result["settings"]
+    return lines + [
+        "",
+        f"**Equal budget** (3dae-rgb {budget['rgb_steps']} steps, 3dae-latent {budget['latent_steps']}: the same "
+        "runs cut there):",
+        "",
+    ]
+
+
 def markdown_table(result: Dict) -> str:
-    """The figures as markdown: the ratios against their targets, then both methods side by side."""
+    """The figures as markdown: at convergence first when the run was in convergence mode; then the equal-budget
+    ratios against their targets and both methods side by side."""
     kib = lambda b: f"{b / 1024:,.1f} KiB"  # noqa: E731
     t, b, a, r = (
         result["time_per_scene_s"],
@@ -36,6 +84,7 @@ def markdown_table(result: Dict) -> str:
         result["activation_bytes_per_scene"],
         result["render_time_s"],
     )
+    head: List[str] = convergence_table(result) if result.get("convergence") else []
     lines: List[str] = [
         f"**ns-3dae-bench compare**, preset `{result['preset']}` on {result['device']} "
         f"({result['settings']['scenes']} scenes, {result['settings']['image_size']}² images, "
@@ -63,6 +112,8 @@ def markdown_table(result: Dict) -> str:
         f"| final test PSNR (dB) | {result['psnr_rgb']:.2f} | {result['psnr_latent']:.2f} "
         f"(best {result['best_psnr_latent']:.2f}) |",
         f"| final test SSIM | {result['ssim_rgb']:.3f} | {result['ssim_latent']:.3f} |",
+        f"| plateaued by the last step? | {plateau_cell(result['plateau']['rgb'])} | "
+        f"{plateau_cell(result['plateau']['latent'])} |",
         f"| test PSNR of the autoencoder alone, D(E(x)) (the latent ceiling) | – | "
         f"{_num(result.get('autoencoded_psnr'), '{:.2f}', 'not measured')} |",
         f"| time per scene to {result['psnr_target']:.2f} dB | {_num(t['rgb'], '{:.1f} s')} | "
@@ -108,7 +159,7 @@ def markdown_table(result: Dict) -> str:
     lines += ["", "Where the time goes (seconds on the clock):", "", "| method | part | seconds |", "|---|---|---|"]
     for method, parts in result["profile_s"].items():
         lines += [f"| {method} | {part} | {seconds:.1f} |" for part, seconds in parts.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(head + lines) + "\n"
 
 
 def plot(result: Dict, folder: Path) -> List[Path]:
@@ -121,9 +172,16 @@ def plot(result: Dict, folder: Path) -> List[Path]:
 
     paths = [folder / name for name in PLOTS]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    converged = result.get("convergence")
     for method, colour in (("rgb", "tab:blue"), ("latent", "tab:orange")):
-        curve = result["curves"][method]
+        curve = (converged or result)["curves"][method]
         ax.plot([c[1] for c in curve], [c[2] for c in curve], "o-", color=colour, ms=3, label=f"3dae-{method}")
+        if converged:
+            m = converged[method]
+            state = "plateau" if m["plateaued"] else "best, NOT plateaued"
+            ax.plot([m["seconds"]], [m["psnr"]], "*", color=colour, ms=12, label=f"3dae-{method} {state}")
+    if converged:
+        ax.axhline(converged["psnr_target"], color="black", ls=":", lw=1, label="RGB plateau − margin")
     if result.get("ablation"):
         curve = result["ablation"]["curve"]
         ax.plot(

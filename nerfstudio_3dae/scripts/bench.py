@@ -6,7 +6,8 @@ and 1000 scenes with row-sparse updates and with the dense reference, prints a t
 ``ns-3dae-bench compare --preset small --output DIR`` trains the same scenes with 3dae-rgb (RGB Tri-Planes, the
 paper's baseline) and with 3dae-latent (in the latent space of a 3dae-autoencoder run on other scenes) and writes
 compare.json, compare.md and plots to DIR (docs/benchmarks.md). The scenes are generated, or two disjoint
-selections of a dataset: ``--data DIR --stage1-scenes 0:4 --scenes 4:10``.
+selections of a dataset: ``--data DIR --stage1-scenes 0:4 --scenes 4:10``. ``--mode convergence`` (``--preset
+paper50``'s default) trains each method until its test PSNR plateaus or its step cap.
 
 ``ns-3dae-bench step-memory --image-size 128`` measures single training steps of 3dae-rgb and 3dae-latent with the
 method defaults: wall time, ``torch.cuda.max_memory_allocated`` on CUDA, autograd's saved tensors and peak RSS.
@@ -124,12 +125,32 @@ class Scaling(ScalingConfig):
 @dataclass
 class Compare:
     """3dae-rgb (RGB Tri-Planes) vs 3dae-latent on the same scenes: time per scene to a PSNR target, PSNR/SSIM,
-    memory per scene (resident, and the paper's effective accounting), render time, stage-1 cost amortised over N."""
+    memory per scene (resident, and the paper's effective accounting), render time, stage-1 cost amortised over N.
+    With --mode convergence (paper50's default) each method trains until its test PSNR plateaus or its step cap, and
+    the figures at convergence come first (plateau PSNR, time to it, plateaued or not, time ratio at RGB plateau −
+    --target-margin-db); the equal-budget figures follow."""
 
-    preset: Literal["tiny", "small", "medium", "paper", "gpu"] = "small"
+    preset: Literal["tiny", "small", "medium", "paper50", "paper", "gpu"] = "small"
     """Sizes and steps. tiny: the code path in seconds (tests); small: 64², about 15 min on a 2-core CPU;
-    medium: 128², R = 64, within 45 min on a 2-core CPU; paper: the paper's sizes (GPU); gpu: 256 scenes at 128², each
-    method at the batch that fills a GPU (about 10-15 min on one H200, estimated)."""
+    medium: 128², R = 64, about 45 min on a 2-core CPU; paper50: medium's sizes with the paper's 50 views a scene (10
+    test) in convergence mode (estimated ~1 h 40 min on a 2-core CPU with both caps hit); paper: the paper's sizes
+    (GPU); gpu: 256 scenes at 128², each method at the batch that fills a GPU (about 10-15 min on one H200,
+    estimated)."""
+    mode: Optional[Literal["convergence", "equal-budget"]] = None
+    """convergence: each method trains its equal-budget steps, then on until its test PSNR plateaus (the rule of
+    --plateau-window and --plateau-min-gain-db, checked at every evaluation) or its step cap; equal-budget: the
+    preset's steps only. Default: the preset's (convergence for paper50, equal-budget for the others)."""
+    rgb_step_cap: Optional[int] = None
+    """Convergence mode: most steps of 3dae-rgb (default: the preset's; 4 × its equal-budget steps if it names none)."""
+    latent_step_cap: Optional[int] = None
+    """Convergence mode: most steps of 3dae-latent (default: the preset's, or 4 × its equal-budget steps)."""
+    plateau_window: Optional[float] = None
+    """The plateau rule's window, a fraction of the steps trained so far (default: the preset's, 0.2: the last
+    20 %)."""
+    plateau_min_gain_db: Optional[float] = None
+    """The plateau rule: a curve has plateaued when its best test PSNR rose by less than this over the window, with
+    at least 2 evaluations in the window and 1 before it; its plateau is reached at the first evaluation within this
+    of its best (default: the preset's, 0.1 dB)."""
     output: Path = Path("outputs/bench-compare")
     """Folder for compare.json, compare.md, the plots, the generated data and the runs."""
     data: Optional[Path] = None
@@ -146,7 +167,8 @@ class Compare:
     autoencoder: str = "embedded"
     """Where stage 1 (3dae-autoencoder) starts from: 'embedded', 'scratch', a diffusers folder or a hub id."""
     target_margin_db: float = 0.5
-    """The PSNR target is the RGB run's final test PSNR minus this."""
+    """The PSNR target is the RGB run's final test PSNR minus this (in convergence mode also: its plateau PSNR minus
+    this)."""
     threads: int = 0
     """Torch CPU threads (0: torch's default)."""
     seed: int = 0
@@ -155,15 +177,24 @@ class Compare:
     def main(self) -> None:
         import torch
 
-        from nerfstudio_3dae.bench.compare import run_compare
+        from nerfstudio_3dae.bench.compare import resolve_preset, run_compare
         from nerfstudio_3dae.bench.report import markdown_table, write_outputs
 
+        try:
+            preset = resolve_preset(
+                self.preset, self.mode, rgb_step_cap=self.rgb_step_cap, latent_step_cap=self.latent_step_cap,
+                plateau_window=self.plateau_window, plateau_min_gain_db=self.plateau_min_gain_db,
+            )  # fmt: skip
+        except ValueError as err:
+            CONSOLE.print(f"[bold red]error:[/bold red] {err}")
+            sys.exit(2)
         if self.threads > 0:
             torch.set_num_threads(self.threads)
         where = (
             f"{self.data} (stage 1: {self.stage1_scenes}, compared: {self.scenes})" if self.data else "generated scenes"
         )
-        CONSOLE.print(f"[bold]compare[/bold] preset {self.preset} on {where} -> {self.output}")
+        mode = "convergence" if preset.convergence else "equal-budget"
+        CONSOLE.print(f"[bold]compare[/bold] preset {self.preset} ({mode}) on {where} -> {self.output}")
         result = run_compare(
             self.preset,
             self.output,
@@ -176,6 +207,7 @@ class Compare:
             scenes=self.scenes,
             downscale_factor=self.downscale_factor,
             ablation=self.ablation,
+            preset=preset,
         )
         for path in write_outputs(result, self.output):
             CONSOLE.print(f"wrote {path}")
