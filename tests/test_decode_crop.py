@@ -1,5 +1,6 @@
-"""The decoded phase decodes a random square of each rendered latent image (``decode_crop``) and compares it with the
-matching patch of the image (shifted alike when the rays are jittered); evaluation always decodes whole views."""
+"""The decoded phase decodes every n-th view of a batch (``decode_every``), optionally only a random square of each
+(``decode_crop``), and compares it with the matching views and patches of the images (shifted alike when the rays
+are jittered); evaluation always decodes whole views."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_the_decoded_phase_compares_the_decoded_crop_with_the_matching_shifted_p
     tiny_dataset, tmp_path, one_thread
 ):
     data = tiny_dataset(num_scenes=2, size=32)  # 4² latent images at factor 8
-    trainer = _trainer(data, tmp_path / "run", decode_crop=2, pixel_jitter=True)
+    trainer = _trainer(data, tmp_path / "run", decode_crop=2, decode_every=1, pixel_jitter=True)
     pipeline, model = trainer.pipeline, trainer.pipeline.model
     trainer.train()
     model.train()
@@ -78,9 +79,28 @@ def test_the_decoded_phase_compares_the_decoded_crop_with_the_matching_shifted_p
 
 def test_a_crop_as_large_as_the_view_decodes_the_whole_view(tiny_dataset, tmp_path, one_thread):
     data = tiny_dataset(num_scenes=2, size=32)
-    trainer = _trainer(data, tmp_path / "run", decode_crop=8)
+    trainer = _trainer(data, tmp_path / "run", decode_crop=8, decode_every=1)
     trainer.train()
     cameras, _ = trainer.pipeline.datamanager.next_train(2)
     trainer.pipeline.model.train()
     outputs = trainer.pipeline.model.get_outputs(cameras)
     assert "decode_crop" not in outputs and outputs["rgb"].shape[-2:] == (32, 32)
+
+
+def test_every_other_view_is_decoded_whole_and_compared_with_its_own_shifted_image(tiny_dataset, tmp_path, one_thread):
+    data = tiny_dataset(num_scenes=2, size=32)
+    trainer = _trainer(data, tmp_path / "run", decode_every=2, pixel_jitter=True)
+    trainer.train()
+    model = trainer.pipeline.model
+    model.train()
+    cameras, batch = trainer.pipeline.datamanager.next_train(2)
+    outputs = model.get_outputs(cameras)
+    k = outputs["latent"].shape[0]
+    assert k == 4 and outputs["rgb"].shape == (2, 3, 32, 32), "views 0 and 2 of 4 (one of each scene), whole"
+    assert torch.allclose(outputs["rgb"], model.autoencoder.decode(outputs["latent"][::2]), atol=1e-6)
+    image = model.batch_images(batch)
+    target = shift_images(image[::2], outputs["pixel_shift"][::2])
+    losses = model.get_loss_dict(outputs, batch)
+    assert torch.allclose(losses["rgb_loss"], model.config.rgb_weight * F.mse_loss(outputs["rgb"], target))
+    wrong = shift_images(image[1::2], outputs["pixel_shift"][1::2])
+    assert not torch.allclose(losses["rgb_loss"], model.config.rgb_weight * F.mse_loss(outputs["rgb"], wrong))

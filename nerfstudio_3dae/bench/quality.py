@@ -104,8 +104,15 @@ LEVERS: Dict[str, Lever] = {
         {**DECODE_SCENE, "pixel_jitter": True, "resolution": 32, "bases_from_autoencoder": False},
     ),  # fmt: skip
     "defaults": Lever("the method's defaults (its own fine-tune share)", -1.0),
-    "decode-whole-view": Lever(
-        "the method's defaults, the decoded phase decoding whole views instead of a crop", -1.0, {"decode_crop": 0}
+    "decode-every-view": Lever(
+        "the method's defaults, the decoded phase decoding every view of a batch (the defaults before 2026-12-07)",
+        -1.0,
+        {"decode_every": 1, "decode_crop": 0},
+    ),  # fmt: skip
+    "decode-crop8": Lever(
+        "the method's defaults, the decoded phase decoding a random 8² latent square of every view",
+        -1.0,
+        {"decode_every": 1, "decode_crop": 8},
     ),  # fmt: skip
 }
 """The levers ``--levers`` chooses from. ``decoded_share`` -1: the share the method's defaults give (finetune_start
