@@ -7,6 +7,7 @@ that carry none (viewer, ns-render paths), from :attr:`TriplaneModel.scene`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
@@ -57,6 +58,10 @@ PARAM_GROUP = ParamGroupNames()
 """The optimiser parameter-group names, spelled once: ``PARAM_GROUP.micro`` etc."""
 SCENE_PARAM_GROUPS = (PARAM_GROUP.micro, PARAM_GROUP.mixing)
 """Optimiser groups of the per-scene tables (their state is per row too)."""
+SCENE_ENV = "NS3DAE_SCENE"
+"""Environment variable naming the scene (a name or an id in the run's selection) that the stock ``ns-render`` and
+``ns-viewer`` show of a 3dae run: read once, when ``eval_setup`` loads the run
+(:meth:`TriplaneModel.loaded_for_evaluation`)."""
 
 
 @dataclass
@@ -220,6 +225,14 @@ class TriplaneModel(Model):
 
     def _on_scene_picked(self, element: ViewerDropdown) -> None:
         self._scene = self.scene_names.index(element.value)
+
+    def loaded_for_evaluation(self) -> None:
+        """Called once nerfstudio's ``eval_setup`` has loaded the run (:data:`nerfstudio_3dae.checkpoints.
+        LOADED_FOR_EVALUATION`): :attr:`scene` becomes the one :data:`SCENE_ENV` names, when it is set (the way in for
+        the stock tools, which build the model themselves); an unknown scene raises an error naming the variable."""
+        value = os.environ.get(SCENE_ENV)
+        if value:
+            self.set_scene(value, where=SCENE_ENV)
 
     # -------------------------------------------------------------------------------- what is rendered
 
