@@ -66,19 +66,21 @@ SCENE_ENV = "NS3DAE_SCENE"
 
 @dataclass
 class TriplaneModelConfig(ModelConfig):
-    """Tri-planes of many scenes with shared bases, rendered in RGB at full resolution."""
+    """Tri-planes of many scenes rendered in RGB at full resolution: the defaults are ``3dae-rgb``'s, RGB Tri-Planes
+    without shared bases (``RGB_BANK_ABLATION`` of the method configs: the latent method's bank in RGB)."""
 
     _target: Type = field(default_factory=lambda: TriplaneModel)
     enable_collider: bool = False
     """Unused: rays are clipped by near/far and the scene box of the renderer (whole-image rendering)."""
     resolution: int = 64
     """Tri-plane resolution R (each plane is R x R)."""
-    micro_channels: int = 10
-    """Scene-specific channels per plane (C_mic)."""
-    macro_channels: int = 22
-    """Channels mixed from the shared bases (C_mac); 0 disables the bases."""
-    num_bases: int = 50
-    """Number of shared basis planes M."""
+    micro_channels: int = 32
+    """Scene-specific channels per plane (C_mic): the RGB Tri-Planes baseline's C = 32, all of them the scene's own
+    (``LatentTriplaneModelConfig``: 10 + 22 from the bases)."""
+    macro_channels: int = 0
+    """Channels mixed from the shared bases (C_mac); 0 disables the bases (the baseline has none)."""
+    num_bases: int = 0
+    """Number of shared basis planes M (0 with ``macro_channels`` 0)."""
     sparse_scene_gradients: bool = True
     """Per-scene tables (micro planes, mixing weights) get row-sparse gradients: with the methods' row-sparse Adam a
     step's cost does not grow with the number of scenes. Off: dense table-sized gradients (any optimizer works; the
