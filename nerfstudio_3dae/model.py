@@ -98,8 +98,10 @@ class TriplaneModelConfig(ModelConfig):
     num_fine_samples: int = 48
     """Importance samples per ray, drawn from the coarse weights."""
     random_samples: bool = True
-    """Training rays get jittered stratified samples and randomly drawn importance samples. False: the samples of
-    a ray are fixed (as in evaluation), so a training step is reproducible from its batch (used to compare runs)."""
+    """Training rays get jittered stratified samples and randomly drawn importance samples. False: the samples along
+    a ray are fixed, as in evaluation. The rays themselves may still be drawn: 3dae-latent's ``pixel_jitter`` moves
+    each training view's rays by a random shift, so a step is reproducible from its batch only with that off too (or
+    torch's generator seeded alike)."""
     background: float = 1.0
     """Background colour (grey level in [0, 1]); white matches the generator and SRN."""
     tv_weight: float = 1e-4
