@@ -15,10 +15,10 @@
   ``UnpicklingError``. Allow-listing the numpy scalar reconstructors keeps the safe loader (no arbitrary code) and
   asks no environment variable of the user (:func:`allow_nerfstudio_checkpoints`, called when a 3dae model module
   is imported).
-* **The scene of the stock tools**: ``ns-render`` and ``ns-viewer`` build and load the model themselves (nerfstudio's
-  ``eval_setup``), so the scene they show comes from the ``NS3DAE_SCENE`` environment variable (:data:`SCENE_ENV`),
-  read here, where ``eval_setup`` loads a 3dae run (:func:`scene_from_environment`); every other way in sets
-  ``model.scene``.
+* **After an evaluation load** the model is told (:data:`LOADED_FOR_EVALUATION`, a method it may define): the 3dae
+  models take the scene the stock ``ns-render`` and ``ns-viewer`` show from the ``NS3DAE_SCENE`` environment
+  variable there (:meth:`nerfstudio_3dae.model.TriplaneModel.loaded_for_evaluation`). This module knows no model
+  class: the model modules import it, not the other way round.
 """
 
 from __future__ import annotations
@@ -141,7 +141,8 @@ def checked_eval_load_checkpoint(config: Any, pipeline: Any) -> Tuple[Path, int]
     :func:`load_checkpoint_file`: the latest ``step-*.ckpt`` of the run (or ``load_step``'s) is loaded, and a damaged
     one is an error that names it and the older checkpoint to use instead (evaluating an older step without being
     asked would report the wrong step's numbers). Other files in the folder are ignored (nerfstudio's own version
-    fails on them). Once loaded, a 3dae model shows the scene :data:`SCENE_ENV` names (:func:`scene_from_environment`).
+    fails on them). Once loaded, the model's :data:`LOADED_FOR_EVALUATION` method is called where it has one (a 3dae
+    model shows the scene ``NS3DAE_SCENE`` names).
     """
     assert config.load_dir is not None
     load_dir = Path(config.load_dir)
@@ -164,24 +165,15 @@ def checked_eval_load_checkpoint(config: Any, pipeline: Any) -> Tuple[Path, int]
     loaded_state = load_checkpoint_file(load_path)
     pipeline.load_pipeline(loaded_state["pipeline"], loaded_state["step"])
     CONSOLE.print(f":white_check_mark: Done loading checkpoint from {load_path}")
-    scene_from_environment(pipeline.model)
+    loaded = getattr(pipeline.model, LOADED_FOR_EVALUATION, None)
+    if callable(loaded):
+        loaded()
     return load_path, load_step
 
 
-SCENE_ENV = "NS3DAE_SCENE"
-"""Environment variable naming the scene (a name or an id in the run's selection) that the stock ``ns-render`` and
-``ns-viewer`` show of a 3dae run: read once, when ``eval_setup`` loads the run (:func:`scene_from_environment`)."""
-
-
-def scene_from_environment(model: Any) -> None:
-    """Set a 3dae model's ``scene`` to the one :data:`SCENE_ENV` names, when it is set (the way in for the stock tools,
-    which build the model themselves); an unknown scene raises an error naming the variable. Models of other methods
-    are left alone."""
-    from nerfstudio_3dae.model import TriplaneModel  # here: the model module imports this one
-
-    value = os.environ.get(SCENE_ENV)
-    if value and isinstance(model, TriplaneModel):
-        model.set_scene(value, where=SCENE_ENV)
+LOADED_FOR_EVALUATION = "loaded_for_evaluation"
+"""The model method (no arguments) :func:`checked_eval_load_checkpoint` calls once it has loaded a run for nerfstudio's
+``eval_setup`` (ns-eval, ns-render, ns-viewer, ns-export, ns-3dae-render); models without one are left alone."""
 
 
 def use_checked_eval_loading() -> None:

@@ -60,6 +60,12 @@ class LatentTriplaneModelConfig(TriplaneModelConfig):
     """Tri-planes rendered as latent images (64x fewer rays at factor 8), decoded by the autoencoder."""
 
     _target: Type = field(default_factory=lambda: LatentTriplaneModel)
+    micro_channels: int = 10
+    """Scene-specific channels per plane (C_mic)."""
+    macro_channels: int = 22
+    """Channels mixed from the shared bases (C_mac); 0 disables the bases."""
+    num_bases: int = 50
+    """Number of shared basis planes M."""
     stage: Literal["autoencoder", "scenes"] = "scenes"
     """'autoencoder': stage 1, the 3D-aware autoencoder trained with scenes; 'scenes': new scenes in a frozen
     latent space, then a decoder fine-tune."""
@@ -90,24 +96,28 @@ class LatentTriplaneModelConfig(TriplaneModelConfig):
     """Weight of ‖render − E(x)‖² (latent space)."""
     rgb_weight: float = 1.0
     """Weight of ‖D(render) − x‖² (stage-1 joint phase and decoder fine-tune)."""
-    ae_weight: float = 0.1
-    """Weight of ‖D(E(x)) − x‖² (stage 1)."""
+    ae_weight: float = 1.0
+    """Weight of ‖D(E(x)) − x‖² (stage 1's joint phase), at the weight of the other losses: the paper's 0.1 lets a
+    short joint phase cost 2.6 dB of D(E(x)) on new scenes, 1.0 costs 0.2 dB (docs/quality.md)."""
     ae_pretrain_steps: int = 0
     """Stage 1: steps that train only the autoencoder (useful from 'scratch')."""
-    warmup_steps: int = 0
+    warmup_steps: int = 500
     """Stage 1: steps with E and D frozen and cached latents before the joint phase."""
-    finetune_start: int = -1
-    """Stage 'scenes': step at which the decoder fine-tune starts (-1: never)."""
+    finetune_start: int = 750
+    """Stage 'scenes': step at which the decoded phase (the decoder fine-tune) starts: a quarter of 3dae-latent's
+    3000 steps on cached latents alone first (-1: never, latents only; docs/quality.md measures the share)."""
     finetune_plane_lr_factor: float = 1.0
     """Stage 'scenes': the plane/MLP learning rates are multiplied by this when the fine-tune starts (the paper's
     stage 3: 0.1, 1e-2 → 1e-3; 1: the scenes keep learning at their rate, the decoded phase is a scene fit)."""
     finetune_latent_weight: float = 1.0
     """Stage 'scenes': weight of the latent loss ‖render − E(x)‖² kept beside the RGB loss in the fine-tune (0: RGB
     through the decoder only, as the paper's stage 3). Keeps the rendered latents near ones the decoder knows."""
-    pixel_jitter: bool = False
+    pixel_jitter: bool = True
     """Training rays pass through a random point of their latent pixel (one offset per view) instead of its centre,
     and the RGB loss compares with the image shifted alike. A 16² render samples a view at 256 points only; the
-    jitter constrains the field between them (the latent of a pixel summarises its whole 8x8 footprint)."""
+    jitter constrains the field between them (the latent of a pixel summarises its whole 8x8 footprint); without
+    it the scenes over-fit their training views (docs/quality.md). Evaluation and viewer renders never jitter.
+    ``3dae-autoencoder`` turns it off: its joint phase was made and measured without."""
     decode_every: int = 2
     """Decoded phase: decode every n-th view of a training batch (whole views, as evaluation decodes them; the batch
     is laid out scene after scene, so with 2 views a scene each scene has one decoded); the other views keep their

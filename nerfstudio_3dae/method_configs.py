@@ -6,7 +6,9 @@
   rendered directly in RGB at full resolution (the micro/macro bank in RGB is an ablation reached by options:
   :data:`RGB_BANK_ABLATION`).
 
-Learning rates follow the paper (docs/methods.md). Building these configs only creates dataclasses.
+Learning rates follow the paper (docs/methods.md). The model defaults are the methods' (a bare
+``LatentTriplaneModelConfig()`` is 3dae-latent's model, a bare ``TriplaneModelConfig()`` 3dae-rgb's): a method sets only
+what differs between the methods. Building these configs only creates dataclasses.
 """
 
 from __future__ import annotations
@@ -73,9 +75,9 @@ def _trainer(method: str, steps: int, model, image_multiple: int, optimizers: Di
 
 def autoencoder_method() -> ThreeDAETrainerConfig:
     steps = 5000
-    # the autoencoder loss at the weight of the others (the paper's 0.1 lets a short joint phase cost 2.6 dB of
-    # D(E(x)) on new scenes; 1.0 costs 0.2 dB: docs/quality.md)
-    model = LatentTriplaneModelConfig(stage="autoencoder", warmup_steps=500, ae_weight=1.0)
+    # stage 1 with the model's stage-1 defaults (a warm-up on cached latents, then the joint phase), its training rays
+    # through latent pixel centres: its joint phase was made and measured without jitter
+    model = LatentTriplaneModelConfig(stage="autoencoder", pixel_jitter=False)
     # warm-up rates; the joint phase multiplies micro/MLP by joint_plane_lr_factor (1e-2 -> 1e-3)
     optimizers = {
         **_scene_groups(1e-2, 1e-2, None, steps),
@@ -87,27 +89,26 @@ def autoencoder_method() -> ThreeDAETrainerConfig:
 
 def latent_method() -> ThreeDAETrainerConfig:
     steps = 3000
-    # a quarter of the steps on cached latents alone, then the decoded phase (RGB through the decoder beside the
-    # latent loss, planes at their rate, the decoder learning); training rays jittered inside their latent pixels
-    # (without, the scenes over-fit their training views): docs/quality.md measures each choice
-    model = LatentTriplaneModelConfig(stage="scenes", finetune_start=750, pixel_jitter=True)
+    # the model's defaults: a quarter of the steps on cached latents alone, then the decoded phase (RGB through the
+    # decoder beside the latent loss, planes at their rate, the decoder learning); training rays jittered inside their
+    # latent pixels (without, the scenes over-fit their training views): docs/quality.md measures each choice
+    model = LatentTriplaneModelConfig(stage="scenes")
     optimizers = {**_scene_groups(1e-2, 1e-2, 0.1, steps), PARAM_GROUP.decoder: _adam(1e-4)}
     return _trainer("3dae-latent", steps, model, 8, optimizers)
 
 
-RGB_TRIPLANE_CHANNELS = 32
-"""Channels per plane of the RGB Tri-Planes baseline: C = C_mic + C_mac of the latent method, all scene-specific."""
-
-RGB_BANK_ABLATION = {"micro_channels": 10, "macro_channels": 22, "num_bases": 50}
+RGB_BANK_ABLATION = {
+    key: getattr(LatentTriplaneModelConfig(), key) for key in ("micro_channels", "macro_channels", "num_bases")
+}
 """Model options that turn ``3dae-rgb`` into the ablation: the latent method's micro/macro bank rendered in RGB
 (``--pipeline.model.micro-channels 10 --pipeline.model.macro-channels 22 --pipeline.model.num-bases 50``)."""
 
 
 def rgb_method() -> ThreeDAETrainerConfig:
-    """RGB Tri-Planes (the paper's baseline): per-scene planes of 32 channels, no bases; R, MLP, samples, near/far
-    and losses as the latent method."""
+    """RGB Tri-Planes (the paper's baseline, the model's defaults): per-scene planes of 32 channels (C = C_mic + C_mac
+    of the latent method, all scene-specific), no bases; R, MLP, samples, near/far and losses as the latent method."""
     steps = 3000
-    model = TriplaneModelConfig(micro_channels=RGB_TRIPLANE_CHANNELS, macro_channels=0, num_bases=0)
+    model = TriplaneModelConfig()
     return _trainer("3dae-rgb", steps, model, 1, _scene_groups(1e-2, 1e-2, 0.1, steps))
 
 

@@ -7,6 +7,7 @@ that carry none (viewer, ns-render paths), from :attr:`TriplaneModel.scene`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Tuple, Type
 
@@ -57,23 +58,29 @@ PARAM_GROUP = ParamGroupNames()
 """The optimiser parameter-group names, spelled once: ``PARAM_GROUP.micro`` etc."""
 SCENE_PARAM_GROUPS = (PARAM_GROUP.micro, PARAM_GROUP.mixing)
 """Optimiser groups of the per-scene tables (their state is per row too)."""
+SCENE_ENV = "NS3DAE_SCENE"
+"""Environment variable naming the scene (a name or an id in the run's selection) that the stock ``ns-render`` and
+``ns-viewer`` show of a 3dae run: read once, when ``eval_setup`` loads the run
+(:meth:`TriplaneModel.loaded_for_evaluation`)."""
 
 
 @dataclass
 class TriplaneModelConfig(ModelConfig):
-    """Tri-planes of many scenes with shared bases, rendered in RGB at full resolution."""
+    """Tri-planes of many scenes rendered in RGB at full resolution: the defaults are ``3dae-rgb``'s, RGB Tri-Planes
+    without shared bases (``RGB_BANK_ABLATION`` of the method configs: the latent method's bank in RGB)."""
 
     _target: Type = field(default_factory=lambda: TriplaneModel)
     enable_collider: bool = False
     """Unused: rays are clipped by near/far and the scene box of the renderer (whole-image rendering)."""
     resolution: int = 64
     """Tri-plane resolution R (each plane is R x R)."""
-    micro_channels: int = 10
-    """Scene-specific channels per plane (C_mic)."""
-    macro_channels: int = 22
-    """Channels mixed from the shared bases (C_mac); 0 disables the bases."""
-    num_bases: int = 50
-    """Number of shared basis planes M."""
+    micro_channels: int = 32
+    """Scene-specific channels per plane (C_mic): the RGB Tri-Planes baseline's C = 32, all of them the scene's own
+    (``LatentTriplaneModelConfig``: 10 + 22 from the bases)."""
+    macro_channels: int = 0
+    """Channels mixed from the shared bases (C_mac); 0 disables the bases (the baseline has none)."""
+    num_bases: int = 0
+    """Number of shared basis planes M (0 with ``macro_channels`` 0)."""
     sparse_scene_gradients: bool = True
     """Per-scene tables (micro planes, mixing weights) get row-sparse gradients: with the methods' row-sparse Adam a
     step's cost does not grow with the number of scenes. Off: dense table-sized gradients (any optimizer works; the
@@ -91,8 +98,10 @@ class TriplaneModelConfig(ModelConfig):
     num_fine_samples: int = 48
     """Importance samples per ray, drawn from the coarse weights."""
     random_samples: bool = True
-    """Training rays get jittered stratified samples and randomly drawn importance samples. False: the samples of
-    a ray are fixed (as in evaluation), so a training step is reproducible from its batch (used to compare runs)."""
+    """Training rays get jittered stratified samples and randomly drawn importance samples. False: the samples along
+    a ray are fixed, as in evaluation. The rays themselves may still be drawn: 3dae-latent's ``pixel_jitter`` moves
+    each training view's rays by a random shift, so a step is reproducible from its batch only with that off too (or
+    torch's generator seeded alike)."""
     background: float = 1.0
     """Background colour (grey level in [0, 1]); white matches the generator and SRN."""
     tv_weight: float = 1e-4
@@ -220,6 +229,14 @@ class TriplaneModel(Model):
 
     def _on_scene_picked(self, element: ViewerDropdown) -> None:
         self._scene = self.scene_names.index(element.value)
+
+    def loaded_for_evaluation(self) -> None:
+        """Called once nerfstudio's ``eval_setup`` has loaded the run (:data:`nerfstudio_3dae.checkpoints.
+        LOADED_FOR_EVALUATION`): :attr:`scene` becomes the one :data:`SCENE_ENV` names, when it is set (the way in for
+        the stock tools, which build the model themselves); an unknown scene raises an error naming the variable."""
+        value = os.environ.get(SCENE_ENV)
+        if value:
+            self.set_scene(value, where=SCENE_ENV)
 
     # -------------------------------------------------------------------------------- what is rendered
 

@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 
@@ -16,11 +17,24 @@ def wants_pinned(source: Union[torch.device, str], target: Union[torch.device, s
     return torch.device(source).type == "cpu" and torch.device(target).type == "cuda"
 
 
+PINNING_FAILURE: List[str] = []
+"""The first reason pinned host memory could not be had (empty while it always could): logged when it happened,
+later failures are not."""
+
+
 def _pinned(shape: Tuple[int, ...], dtype: torch.dtype) -> Optional[Tensor]:
-    """An empty pinned host tensor, or None where pinned memory cannot be had (e.g. the locked-memory limit)."""
+    """An empty pinned host tensor, or None where pinned memory cannot be had (e.g. the locked-memory limit): the
+    copy is then an ordinary one, which makes the host wait for the device; the first such failure says so."""
     try:
         return torch.empty(shape, dtype=dtype, pin_memory=True)
-    except RuntimeError:
+    except RuntimeError as err:  # how torch reports a refused host allocation (CUDA's error, out of memory)
+        if not PINNING_FAILURE:
+            PINNING_FAILURE.append(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            CONSOLE.log(
+                f"[yellow]pinned host memory could not be had ({PINNING_FAILURE[0]}): host -> device copies are "
+                "ordinary ones, each makes the host wait for the device (raise the locked-memory limit, ulimit -l, "
+                "or free host memory)"
+            )
         return None
 
 

@@ -20,7 +20,7 @@ import torch.utils.cpp_extension
 from conftest import tiny_pipeline
 
 from nerfstudio_3dae import backends, nerfacc_build
-from nerfstudio_3dae.backends import BackendError, decide_backend, nerfacc_build_dir, nerfacc_extension
+from nerfstudio_3dae.backends import BackendError, decide_backend, lock_is_held, nerfacc_build_dir, nerfacc_extension
 from nerfstudio_3dae.method_configs import rgb_method
 from nerfstudio_3dae.nerfacc_build import (
     PATCHES,
@@ -257,9 +257,31 @@ def test_old_torch_young_unheld_lock_is_not_removed(sim, monkeypatch: pytest.Mon
     assert "removed the stale lock" in nerfacc_build.remove_stale_lock(sim.build_dir) and not lock.exists()
 
 
-def test_this_projects_torch_takes_an_os_lock() -> None:
-    # docs/gpu.md's lock section (a fresh unheld lock is removed at once) holds for the pinned torch only if it does
-    assert hasattr(torch.utils.cpp_extension, "FileLock")
+class _Probed(Exception):
+    """Raised by the stand-in build step once it has looked at the lock."""
+
+
+def test_this_projects_torch_holds_an_os_lock_while_it_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/gpu.md's lock section (a fresh lock no process holds is removed at once) holds only if the pinned torch's
+    JIT build (``cpp_extension.load``, the way nerfacc builds) holds an OS lock on ``<build>/lock`` while it builds:
+    the build step is replaced by a probe, which sees the lock held; once the build ends (here: fails) the file is
+    left, held by no process, and is stale at once."""
+    build, source = tmp_path / "build", tmp_path / "probe.cpp"
+    build.mkdir()
+    source.write_text("int probe() { return 0; }\n")
+    seen = []
+
+    def probe_build(**kwargs) -> None:
+        seen.append((Path(kwargs["build_directory"]), lock_is_held(build / "lock")))
+        raise _Probed
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "_write_ninja_file_and_build_library", probe_build)
+    with pytest.raises(_Probed):
+        torch.utils.cpp_extension.load(f"lock_probe_{os.getpid()}", [str(source)], build_directory=str(build))
+    assert seen == [(build, True)], "the build step runs under an OS lock on <build>/lock"
+    assert (build / "lock").exists() and not lock_is_held(build / "lock")
+    assert nerfacc_build.torch_takes_os_lock()
+    assert "removed the stale lock" in nerfacc_build.remove_stale_lock(build) and not (build / "lock").exists()
 
 
 @pytest.mark.parametrize("file_lock", [True, False])

@@ -54,6 +54,30 @@ def test_bad_selection_names_the_option(tiny_dataset, spec):
         parse(root, scenes=spec)
 
 
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("5:9", "range '5:9' is out of bounds: the dataset has 3 scenes (indices 0..2)"),
+        ("0:4", "range '0:4' is out of bounds: the dataset has 3 scenes"),
+        ("3:", "range '3:' is out of bounds"),
+        ("-1:2", "range '-1:2' is out of bounds"),
+        ("2:1", "range '2:1' is empty"),
+        ("7", "scene 7 is out of bounds: the dataset has 3 scenes"),
+        ("1:x", "'1:x' is not an index or a start:stop range"),
+        ("one", "'one' is not an index or a start:stop range"),
+    ],
+)
+def test_a_bad_selection_says_what_is_wrong(spec, says):
+    with pytest.raises(DatasetError) as error:
+        parse_scene_selection(spec, 3)
+    assert says in str(error.value) and str(error.value).startswith(f"--scenes {spec!r}: ")
+
+
+def test_an_out_of_bounds_range_through_the_dataparser(tiny_dataset):
+    with pytest.raises(DatasetError, match=r"--scenes .*'5:9': range '5:9' is out of bounds: the dataset has 3 scenes"):
+        parse(tiny_dataset(num_scenes=3), scenes="5:9")
+
+
 def test_splits_given_in_the_scene(tmp_path):
     write_tiny_scene(tmp_path / "s", views=4, splits=["test", "train", None, "train"])
     train, test = parse(tmp_path / "s", "train"), parse(tmp_path / "s", "test")

@@ -38,13 +38,23 @@ def test_the_decoded_phase_keeps_the_latent_loss_and_can_freeze_the_decoder(tiny
     _, losses, _ = frozen.pipeline.get_train_loss_dict(3)
     assert set(losses) >= {"latent_loss", "rgb_loss"}
     assert all(torch.equal(before[n], p) for n, p in _decoder(model).items()), "a frozen decoder does not move"
-    assert not torch.equal(micro, model.field.bank.micro), "the scenes learn from the decoded loss"
+    assert not torch.equal(micro, model.field.bank.micro), "the scenes learn"
+    # the decoded (RGB) loss alone reaches the planes of the batch's scenes, through the frozen decoder
+    assert losses["rgb_loss"].requires_grad, "the RGB loss is a function of the render (the decoder is frozen)"
+    model.field.bank.micro.grad = None
+    losses["rgb_loss"].backward()
+    grad = model.field.bank.micro.grad
+    grad = grad.to_dense() if grad is not None and grad.is_sparse else grad
+    assert grad is not None and float(grad.abs().sum()) > 0, "the RGB loss gives the scenes' planes a gradient"
 
+    # without the latent loss (and the TV loss) the scenes learn from the decoded loss alone
     learning = _trainer(
-        data, tmp_path / "learning", finetune_start=0, finetune_latent_weight=0.0, finetune_decoder=True
+        data, tmp_path / "learning", finetune_start=0, finetune_latent_weight=0.0, finetune_decoder=True, tv_weight=0.0
     )
-    before = _decoder(learning.pipeline.model)
+    model = learning.pipeline.model
+    before, micro = _decoder(model), model.field.bank.micro.detach().clone()
     learning.train()
     _, losses, _ = learning.pipeline.get_train_loss_dict(3)
-    assert "latent_loss" not in losses and "rgb_loss" in losses
-    assert any(not torch.equal(before[n], p) for n, p in _decoder(learning.pipeline.model).items())
+    assert set(losses) == {"rgb_loss"}
+    assert any(not torch.equal(before[n], p) for n, p in _decoder(model).items()), "the decoder learns"
+    assert not torch.equal(micro, model.field.bank.micro), "the scenes learn from the decoded loss"

@@ -58,8 +58,10 @@ PATHS = {"/data/cars": "data/cars", "/shared/runs": "outputs", "/models/my-vae":
 WORDS = {"<method>": "3dae-rgb", "D": "1", "M": "1", "K": "0"}
 """Placeholder words (the multi-machine line: D devices, M machines, rank K)."""
 
-TRAIN_STEPS = 4
-TINY_TRAIN = ["--max-num-iterations", str(TRAIN_STEPS), "--vis", "tensorboard", "--logging.local-writer.enable",
+TRAIN_STEPS = {"3dae-latent": 12}
+"""Steps of a documented training by method (others: 4): README's ns-eval of a 3dae-latent run must beat a white
+picture clearly (4 steps: 0.9 dB over it; 12 steps: 2.6 dB, in about the same time: start-up dominates)."""
+TINY_TRAIN = ["--vis", "tensorboard", "--logging.local-writer.enable",
               "False", "--steps-per-eval-image", "1000", "--steps-per-eval-all-images", "1000",
               "--steps-per-save", "1000", "--pipeline.model.resolution", "8", "--pipeline.model.num-coarse-samples",
               "4", "--pipeline.model.num-fine-samples", "4", "--pipeline.datamanager.scenes-per-step", "2"]  # fmt: skip
@@ -139,7 +141,8 @@ def tiny(command: DocCommand) -> DocCommand:
     tool = argv[0]
     if tool in ("ns-train", "ns-3dae-train"):
         method = argv[1]
-        extra = TINY_TRAIN + TINY_METHOD.get(method, [])
+        steps = ["--max-num-iterations", str(TRAIN_STEPS.get(method, 4))]
+        extra = steps + TINY_TRAIN + TINY_METHOD.get(method, [])
         for option, value in (("--output-dir", "outputs"), ("--timestamp", "run")):
             if option not in argv:
                 extra = extra + [option, value]
@@ -247,9 +250,10 @@ def _run_batch(commands: List[DocCommand], work: Path, env: Dict[str, str], scra
 
 
 def _assert_eval_beats_the_background(results: Dict, data: Path) -> None:
-    """README's ns-eval of a 4-step 3dae-latent run (embedded autoencoder) on ``data``: its figures against those of a
-    blank white picture (the generator's background) on the same test views, computed here. Seen: the run 13.6 dB
-    (12.1 untrained), the autoencoder alone 16.5 dB (14.1 before the run fine-tunes its decoder), white 12.7 dB; a
+    """README's ns-eval of a 12-step 3dae-latent run (embedded autoencoder) on ``data``: its figures against those of
+    a blank white picture (the generator's background) on the same test views, computed here. An untrained field is
+    empty and renders the white background: the run must beat white by 1 dB. Seen: the run 15.4 dB (4 steps: 13.6;
+    1 step: 12.9), the autoencoder alone 15.7 dB (14.1 before the run fine-tunes its decoder), white 12.7 dB; a
     black render 0.7 dB, a grey one 6.9 dB."""
     from PIL import Image
 
@@ -263,7 +267,7 @@ def _assert_eval_beats_the_background(results: Dict, data: Path) -> None:
     assert len(results["per_scene"]) == len(blank), "one test view a scene"
     per_scene = [scene["psnr"] for scene in results["per_scene"].values()]
     assert results["psnr"] == pytest.approx(sum(per_scene) / len(per_scene), abs=1e-4)
-    assert results["psnr"] > white - 1.0, f"decoded test PSNR {results['psnr']:.2f} dB, a white picture {white:.2f}"
+    assert results["psnr"] > white + 1.0, f"decoded test PSNR {results['psnr']:.2f} dB, a white picture {white:.2f}"
     assert results["autoencoded_psnr"] > white, f"the autoencoder alone: {results['autoencoded_psnr']:.2f} dB"
     assert 0 < results["ssim"] <= 1
 

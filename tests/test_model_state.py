@@ -14,9 +14,9 @@ from conftest import tiny_pipeline, tiny_test_config
 
 from nerfstudio_3dae.autoencoder import NormaliserConfig, build_autoencoder
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT, export_stage1
-from nerfstudio_3dae.checkpoints import SCENE_ENV, scene_from_environment
 from nerfstudio_3dae.latent_model import latent_range
 from nerfstudio_3dae.method_configs import latent_method, rgb_method
+from nerfstudio_3dae.model import SCENE_ENV
 from nerfstudio_3dae.scripts import render as render_script
 
 TANH_HALF = NormaliserConfig("tanh", 0.5)
@@ -78,11 +78,11 @@ def test_the_rendered_scene_is_a_model_attribute(tiny_dataset, monkeypatch, one_
     monkeypatch.setenv(SCENE_ENV, "obj_002")  # the way in for stock ns-render: read once, where eval_setup loads
     fresh = tiny_pipeline(rgb_method(), data).model
     assert fresh.scene == 0, "building a model reads no environment variable"
-    scene_from_environment(fresh)
+    fresh.loaded_for_evaluation()
     assert fresh.scene == 2
     monkeypatch.setenv(SCENE_ENV, "nope")
     with pytest.raises(ValueError, match=SCENE_ENV):
-        scene_from_environment(fresh)
+        fresh.loaded_for_evaluation()
 
 
 class _Model:

@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import torch
 from conftest import tiny_pipeline
 
-from nerfstudio_3dae.checkpoints import SCENE_ENV, checked_eval_load_checkpoint
+from nerfstudio_3dae.checkpoints import checked_eval_load_checkpoint
 from nerfstudio_3dae.data import dataparser
 from nerfstudio_3dae.data.dataparser import SCENE_ID, SHARD, ScenesDataParserConfig
 from nerfstudio_3dae.datamanager import MultiSceneDatamanagerConfig
 from nerfstudio_3dae.distributed import SINGLE_PROCESS, Shard
 from nerfstudio_3dae.method_configs import rgb_method
+from nerfstudio_3dae.model import SCENE_ENV
 
 
 def _counting(monkeypatch, shard: Shard) -> list:

@@ -13,7 +13,7 @@ from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
 import nerfstudio_3dae
 from nerfstudio_3dae.latent_model import LR_PHASE
-from nerfstudio_3dae.method_configs import latent_method, rgb_method
+from nerfstudio_3dae.method_configs import autoencoder_method, latent_method, rgb_method
 from nerfstudio_3dae.model import PARAM_GROUP
 from nerfstudio_3dae.trainer import ThreadProbe, evaluates_all_images_at_end
 
@@ -114,38 +114,59 @@ def test_a_training_step_reads_no_tensor_back_to_the_host(tiny_dataset, tmp_path
     assert reads == [], f"host reads in training steps: {reads}"
 
 
-def test_the_learning_rate_phase_follows_a_loaded_checkpoint(tiny_dataset, tmp_path, one_thread):
-    """The phase whose learning-rate factor a group carries is saved with its optimiser; a resumed run must find it
-    there, or it scales its learning rates a second time."""
+LR_PHASES = {  # phase -> (method, model options that start it at step 1, its factor option, the groups it scales)
+    "finetune": (latent_method, {"finetune_start": 1}, "finetune_plane_lr_factor", ("micro", "mixing", "bases", "mlp")),
+    "joint": (autoencoder_method, {"warmup_steps": 1}, "joint_plane_lr_factor", ("micro", "mlp")),
+}  # fmt: skip
 
-    def config(finetune_start: int):
-        config = latent_method()
+
+@pytest.mark.parametrize("phase", sorted(LR_PHASES))
+def test_the_learning_rate_phase_follows_a_loaded_checkpoint(tiny_dataset, tmp_path, one_thread, phase):
+    """The phase whose learning-rate factor a group carries is saved with its optimiser; a resumed run must find it
+    there, or it scales its learning rates a second time (3dae-latent's decoded phase and stage 1's joint phase, each
+    with a factor that changes the rate)."""
+    method, starts, factor_option, scaled = LR_PHASES[phase]
+    factor = 0.25
+
+    def config():
+        config = method()
         model = config.pipeline.model
-        model.autoencoder, model.scratch_width, model.finetune_start = "scratch", 8, finetune_start
+        model.autoencoder, model.scratch_width = "scratch", 8
+        for key, value in {**starts, factor_option: factor}.items():
+            setattr(model, key, value)
         return config
 
+    def rates(trainer) -> dict:
+        return {g: o.param_groups[0]["lr"] for g, o in trainer.optimizers.optimizers.items()}
+
+    def enter_step_2(trainer) -> None:
+        for callback in trainer.callbacks:
+            callback.run_callback_at_location(2, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
+
     data = tiny_dataset(num_scenes=2)
-    first = tiny_trainer(data, tmp_path / "first", steps=2, eval_all_every=0, config=config(1))
-    first.train()  # the fine-tune starts at step 1: rates scaled, the phase recorded, saved at step 1
-    assert lr_phases(first) == {"finetune"}
-    resumed_config = config(1)
+    configured = {group: opt["optimizer"].lr for group, opt in config().optimizers.items()}
+    fresh = tiny_trainer(data, tmp_path / "fresh", steps=4, eval_all_every=0, config=config())
+    assert rates(fresh) == pytest.approx(configured), "before the phase: the configured rates"
+    enter_step_2(fresh)
+    assert rates(fresh) == pytest.approx({g: r * (factor if g in scaled else 1.0) for g, r in configured.items()})
+    assert lr_phases(fresh, scaled) == {phase}
+    enter_step_2(fresh)
+    assert rates(fresh)["micro"] == pytest.approx(configured["micro"] * factor), "scaled once in a run"
+
+    first = tiny_trainer(data, tmp_path / "first", steps=2, eval_all_every=0, config=config())
+    first.train()  # the phase starts at step 1: rates scaled, the phase recorded, saved at step 1
+    assert lr_phases(first, scaled) == {phase}
+    resumed_config = config()
     resumed_config.load_dir = first.checkpoint_dir
     resumed = tiny_trainer(data, tmp_path / "resumed", steps=4, eval_all_every=0, config=resumed_config)
-    assert lr_phases(resumed) == {"finetune"}, "the phase came back with the optimisers' state"
-    rates = {g: o.param_groups[0]["lr"] for g, o in resumed.optimizers.optimizers.items()}
-    for callback in resumed.callbacks:
-        callback.run_callback_at_location(2, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-    assert {g: o.param_groups[0]["lr"] for g, o in resumed.optimizers.optimizers.items()} == rates, "not scaled again"
-    fresh = tiny_trainer(data, tmp_path / "fresh", steps=4, eval_all_every=0, config=config(1))
-    before = fresh.optimizers.optimizers["micro"].param_groups[0]["lr"]
-    for callback in fresh.callbacks:
-        callback.run_callback_at_location(2, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-    factor = fresh.pipeline.model.config.finetune_plane_lr_factor
-    assert fresh.optimizers.optimizers["micro"].param_groups[0]["lr"] == pytest.approx(before * factor), "scaled once"
-    assert lr_phases(fresh) == {"finetune"}
+    assert lr_phases(resumed, scaled) == {phase}, "the phase came back with the optimisers' state"
+    loaded = rates(resumed)
+    assert loaded["micro"] == pytest.approx(configured["micro"] * factor, rel=0.01), "scaled, as saved (and decayed)"
+    enter_step_2(resumed)
+    assert rates(resumed) == loaded, "not scaled again after a resume"
 
 
-def lr_phases(trainer) -> set:
-    """The learning-rate phases recorded by the scene groups' optimisers."""
-    groups = [trainer.optimizers.optimizers[g] for g in (PARAM_GROUP.micro, PARAM_GROUP.mixing, PARAM_GROUP.mlp)]
+def lr_phases(trainer, groups=(PARAM_GROUP.micro, PARAM_GROUP.mixing, PARAM_GROUP.mlp)) -> set:
+    """The learning-rate phases recorded by the optimisers of ``groups`` (default: the scene groups')."""
+    groups = [trainer.optimizers.optimizers[g] for g in groups]
     return {pg.get(LR_PHASE) for optimizer in groups for pg in optimizer.param_groups}

@@ -47,32 +47,35 @@ def parse_scene_selection(spec: str, num_scenes: int, option: str = "--scenes") 
     """Scene indices selected by a spec such as ``":"``, ``"0:500"``, ``"500:"``, ``"3,7,9"`` or ``"0:10,20:30"``.
 
     Ranges follow Python slices (end excluded); the order of the spec is kept; an index may not repeat.
-    Raises DatasetError naming ``option`` for malformed specs and out-of-range indices.
+    Raises DatasetError naming ``option`` for malformed specs, empty ranges and out-of-range indices (with the
+    number of scenes).
     """
+    scenes = f"the dataset has {num_scenes} scenes (indices 0..{num_scenes - 1})"
+
+    def number(text: str, part: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise DatasetError(f"{option} {spec!r}: {part!r} is not an index or a start:stop range") from None
+
     selected: List[int] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             raise DatasetError(f"{option} {spec!r}: empty item (use e.g. '0:500' or '3,7,9')")
-        try:
-            if ":" in part:
-                start_s, _, stop_s = part.partition(":")
-                start = int(start_s) if start_s.strip() else 0
-                stop = int(stop_s) if stop_s.strip() else num_scenes
-                if not (0 <= start < stop <= num_scenes):
-                    raise DatasetError(
-                        f"{option} {spec!r}: range {part!r} is out of bounds or empty; the dataset has "
-                        f"{num_scenes} scenes (valid indices 0..{num_scenes - 1})"
-                    )
-                selected.extend(range(start, stop))
-            else:
-                index = int(part)
-                if not 0 <= index < num_scenes:
-                    raise DatasetError(
-                        f"{option} {spec!r}: scene {index} is out of bounds; the dataset has {num_scenes} scenes"
-                    )
-                selected.append(index)
-        except ValueError as err:
-            raise DatasetError(f"{option} {spec!r}: {part!r} is not an index or a start:stop range") from err
+        if ":" in part:
+            start_s, _, stop_s = part.partition(":")
+            start = number(start_s, part) if start_s.strip() else 0
+            stop = number(stop_s, part) if stop_s.strip() else num_scenes
+            if not (0 <= start < num_scenes and 0 <= stop <= num_scenes):
+                raise DatasetError(f"{option} {spec!r}: range {part!r} is out of bounds: {scenes}")
+            if start >= stop:
+                raise DatasetError(f"{option} {spec!r}: range {part!r} is empty (start:stop selects start..stop-1)")
+            selected.extend(range(start, stop))
+        else:
+            index = number(part, part)
+            if not 0 <= index < num_scenes:
+                raise DatasetError(f"{option} {spec!r}: scene {index} is out of bounds: {scenes}")
+            selected.append(index)
     if len(set(selected)) != len(selected):
         raise DatasetError(f"{option} {spec!r} selects a scene more than once")
     return selected

@@ -2,9 +2,9 @@
 
 The stock ``ns-render`` works on 3dae runs too (``camera-path``, ``interpolate``, ``dataset``); it renders the scene
 named by the ``NS3DAE_SCENE`` environment variable (a name or an id; default: the first scene), read once when the
-run is loaded (:func:`nerfstudio_3dae.checkpoints.scene_from_environment`). This wrapper adds ``--scenes`` (``0:4``,
-``car_0003,car_0007``, …: one output per scene, named after it; the run is loaded once and ``model.scene`` is set for
-each) and a ``spiral`` mode that works with full-image datamanagers (the stock one accepts only ray-based
+run is loaded (:meth:`nerfstudio_3dae.model.TriplaneModel.loaded_for_evaluation`). This wrapper adds ``--scenes``
+(``0:4``, ``car_0003,car_0007``, …: one output per scene, named after it; the run is loaded once and ``model.scene``
+is set for each) and a ``spiral`` mode that works with full-image datamanagers (the stock one accepts only ray-based
 datamanagers). A damaged checkpoint ends it with a message naming the file and the older checkpoint to use
 (:func:`nerfstudio_3dae.checkpoints.checked_eval_load_checkpoint`), not a traceback.
 """
