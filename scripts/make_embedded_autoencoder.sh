@@ -21,8 +21,9 @@
 #   THREADS [1]    torch CPU threads of step 1
 #   AE_STEPS [5000]  FULL_STEPS [400]  step 1's steps, the last FULL_STEPS of them on whole images
 #   JOINT_STEPS [1200]  WARMUP_STEPS [800]  step 2's steps, the first WARMUP_STEPS of them warm-up
-#   JOINT_AE_WEIGHT [0.1]  step 2's weight of ‖D(E(x)) − x‖²: the shipped weights were made at 0.1, the paper's
-#                  (3dae-autoencoder's own default is 1.0 since 2026-12-04, docs/quality.md)
+#   JOINT_AE_WEIGHT [10]  step 2's weight of ‖D(E(x)) − x‖²: the shipped weights (v3, 2026-12-07) were made at 10
+#                  from AE_START = the GPU recipe's autoencoder-only export; at 1.0 (3dae-autoencoder's own default)
+#                  the joint phase costs 2.2 dB of held-out D(E(x)), at 0.1 (v2) 3.3 dB (docs/autoencoder.md)
 #   JOINT_SCENES [100]  JOINT_VIEWS [24]  JOINT_TEST_VIEWS [4]  step 2's generated cars (seed 7000)
 #   CHANNELS [16]  latent channels      RESOLUTION [128]  image size of both corpora
 #   AE_ARGS, JOINT_ARGS  more options for step 1 / step 2 (last wins)       INSTALL [1]  step 3 on (1) or off (0)
@@ -92,7 +93,7 @@ ns-train 3dae-autoencoder --data "$WORK/joint-scenes" --output-dir "$WORK/runs" 
     --timestamp run --max-num-iterations "$JOINT_STEPS" --vis tensorboard --steps-per-eval-image 500 \
     --steps-per-save 100 --logging.steps-per-log 50 "${RESUME[@]}" "${MACHINE[@]}" \
     --pipeline.model.autoencoder "$START" --pipeline.model.warmup-steps "$WARMUP_STEPS" \
-    --pipeline.model.ae-weight "${JOINT_AE_WEIGHT:-0.1}" \
+    --pipeline.model.ae-weight "${JOINT_AE_WEIGHT:-10}" \
     --pipeline.datamanager.scenes-per-step 2 --pipeline.datamanager.views-per-scene 2 ${JOINT_ARGS:-}
 echo "[make-ae] 2/3 done in $SECONDS s"
 
