@@ -118,6 +118,10 @@ class LatentTriplaneModelConfig(TriplaneModelConfig):
     jitter constrains the field between them (the latent of a pixel summarises its whole 8x8 footprint); without
     it the scenes over-fit their training views (docs/quality.md). Evaluation and viewer renders never jitter.
     ``3dae-autoencoder`` turns it off: its joint phase was made and measured without."""
+    shift_latent_target: bool = False
+    """With ``pixel_jitter``: the latent loss compares the jittered render with the target latents resampled
+    (bilinearly) at the same shift, as the RGB loss does with the image; False: with the latent of the pixel the ray
+    passed through, which summarises the pixel's whole footprint (a box filter). Measured in docs/quality.md."""
     decode_every: int = 2
     """Decoded phase: decode every n-th view of a training batch (whole views, as evaluation decodes them; the batch
     is laid out scene after scene, so with 2 views a scene each scene has one decoded); the other views keep their
@@ -297,6 +301,13 @@ class LatentTriplaneModel(TriplaneModel):
             raise RuntimeError(f"phase {phase!r} needs cached latents; the pipeline attaches them to the datamanager")
         return self.autoencoder.encode(image)
 
+    def latent_seen_by_rays(self, outputs, latents: Tensor) -> Tensor:
+        """Target ``latents`` ``[K, c, h, w]`` resampled where jittered rays passed (``shift_latent_target``): the
+        image shift in latent pixels; unchanged otherwise (each latent stands for its pixel's whole footprint)."""
+        if not self.config.shift_latent_target or "pixel_shift" not in outputs:
+            return latents
+        return shift_images(latents, outputs["pixel_shift"] / self.downscale)
+
     def seen_by_rays(self, outputs, image: Tensor) -> Tensor:
         """``image`` ``[K, 3, H, W]`` as the rendered rays saw it (resampled alike when they were jittered), only the
         decoded views, cut to the decoded square when only a crop of each was decoded: what ``outputs["rgb"]`` is
@@ -322,7 +333,7 @@ class LatentTriplaneModel(TriplaneModel):
             return losses
         latent_weight = c.finetune_latent_weight if phase == "finetune" else c.latent_weight
         if latent_weight > 0:
-            target = self.target_latents(batch, phase, image)
+            target = self.latent_seen_by_rays(outputs, self.target_latents(batch, phase, image))
             losses["latent_loss"] = latent_weight * F.mse_loss(outputs["latent"], target)
         if "rgb" in outputs:
             losses["rgb_loss"] = c.rgb_weight * F.mse_loss(outputs["rgb"], self.seen_by_rays(outputs, image))

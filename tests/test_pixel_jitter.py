@@ -113,3 +113,24 @@ def test_the_rgb_loss_compares_with_the_image_shifted_as_the_rays(tiny_dataset, 
     assert factor / 2 >= 3.0, "shifts within a latent pixel"
     right, centre, left = rgb_loss(3.0), rgb_loss(0.0), rgb_loss(-3.0)
     assert right > 1.1 * centre and centre > 1.1 * left, f"{right:.4f} > {centre:.4f} > {left:.4f}"
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_the_latent_target_is_resampled_at_the_shift_only_when_asked(tiny_dataset, one_thread, monkeypatch, shifted):
+    """``shift_latent_target``: the latent loss compares a jittered render with the cached latents resampled at the
+    rays' shift (in latent pixels); off, with the latents of the pixels as cached."""
+    pipeline = _jitter_pipeline(tiny_dataset(num_scenes=2, size=32), finetune_start=-1, tv_weight=0.0,
+                                shift_latent_target=shifted)  # fmt: skip
+    model = pipeline.model.train()
+    cameras, batch = pipeline.datamanager.next_train(0)
+    shift = torch.tensor([[6.0, -2.0]])
+    monkeypatch.setattr(latent_model, "pixel_jitter", lambda count, downscale, device: shift.expand(count, 2))
+    outputs = model.get_outputs(cameras)
+    assert "pixel_shift" in outputs and "latent" in batch
+    cached = batch["latent"]
+    resampled = shift_images(cached, shift.expand(cached.shape[0], 2) / model.downscale)
+    loss = model.get_loss_dict(outputs, batch)["latent_loss"]
+    expected, other = (resampled, cached) if shifted else (cached, resampled)
+    weight = model.config.latent_weight
+    assert torch.allclose(loss, weight * torch.nn.functional.mse_loss(outputs["latent"], expected))
+    assert not torch.allclose(loss, weight * torch.nn.functional.mse_loss(outputs["latent"], other))

@@ -109,6 +109,11 @@ LEVERS: Dict[str, Lever] = {
         -1.0,
         {"decode_every": 1, "decode_crop": 0},
     ),  # fmt: skip
+    "latent-target-shifted": Lever(
+        "the method's defaults, the latent target resampled at the jittered rays' shift",
+        -1.0,
+        {"shift_latent_target": True},
+    ),  # fmt: skip
     "decode-crop8": Lever(
         "the method's defaults, the decoded phase decoding a random 8² latent square of every view",
         -1.0,
