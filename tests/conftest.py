@@ -152,6 +152,21 @@ def tiny_run_config(config, data: Path, out: Path, steps: int, scenes_per_step: 
     return config
 
 
+def scratch_latent_trainer(data: Path, out: Path, steps: int, **model):
+    """A set-up trainer of ``3dae-latent`` on a ``tiny_dataset`` (:func:`tiny_run_config`) in the latent space of a
+    small scratch autoencoder; ``model`` overrides model config fields."""
+    from nerfstudio_3dae.method_configs import latent_method
+
+    config = tiny_run_config(latent_method(), data, out, steps=steps)
+    config.pipeline.model.autoencoder, config.pipeline.model.scratch_width = "scratch", 8
+    for key, value in model.items():
+        setattr(config.pipeline.model, key, value)
+    config.set_timestamp()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
 def tiny_pipeline(config, data: Path, **model):
     """The pipeline of a method config (``rgb_method()``, ...) on a ``tiny_dataset``, built in this process on the
     CPU with :data:`TINY_MODEL` sizes; ``model`` overrides model config fields."""

@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_run_config
+from conftest import scratch_latent_trainer
 
 from nerfstudio_3dae.image_layout import crop_images, random_crop_corners, shift_images
-from nerfstudio_3dae.method_configs import latent_method
 
 
 def test_crop_images_cuts_each_image_at_its_own_corner():
@@ -32,15 +31,7 @@ def test_random_corners_cover_every_position_and_stay_inside():
 
 
 def _trainer(data, out, **model):
-    config = tiny_run_config(latent_method(), data, out, steps=2)
-    config.pipeline.model.autoencoder, config.pipeline.model.scratch_width = "scratch", 8
-    config.pipeline.model.finetune_start = 0
-    for key, value in model.items():
-        setattr(config.pipeline.model, key, value)
-    config.set_timestamp()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
+    return scratch_latent_trainer(data, out, steps=2, finetune_start=0, **model)
 
 
 def test_the_decoded_phase_compares_the_decoded_crop_with_the_matching_shifted_patch(

@@ -4,22 +4,13 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_run_config
+from conftest import scratch_latent_trainer
 
 from nerfstudio_3dae.autoencoder import is_encoder_tensor
-from nerfstudio_3dae.method_configs import latent_method
 
 
 def _trainer(data, out, **model):
-    config = tiny_run_config(latent_method(), data, out, steps=3)
-    config.pipeline.model.autoencoder, config.pipeline.model.scratch_width = "scratch", 8
-    config.pipeline.datamanager.cache_images = "cpu"
-    for key, value in model.items():
-        setattr(config.pipeline.model, key, value)
-    config.set_timestamp()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
+    return scratch_latent_trainer(data, out, steps=3, **model)
 
 
 def _decoder(model) -> dict:

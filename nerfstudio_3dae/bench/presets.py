@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -100,6 +101,25 @@ class ComparePreset:
                 )
 
 
+MEDIUM = ComparePreset(
+    stage1_scenes=4,
+    scenes=4,
+    views_per_scene=20,
+    test_views=4,
+    image_size=128,
+    triplane_resolution=64,
+    num_bases=10,
+    samples=16,
+    scenes_per_step=2,
+    stage1_steps=60,
+    stage1_warmup=30,
+    rgb_steps=300,
+    latent_steps=1200,
+    finetune_start=300,
+    eval_every=50,
+)
+"""The ``medium`` preset (``paper50`` is the same with the paper's 50 views a scene, in convergence mode)."""
+
 PRESETS: Dict[str, ComparePreset] = {
     # code path only (tests): a few seconds of training
     "tiny": ComparePreset(
@@ -143,48 +163,15 @@ PRESETS: Dict[str, ComparePreset] = {
     # (docs/benchmarks.md): ~37 min in all on 2026-12-01; on 2026-12-04 (occupancy grids on) 2 000 s of RGB training,
     # 480 s of latent training and 100 s of stage 1. RGB is still rising at its 300 steps (+0.6 dB over the last 50):
     # an equal-budget figure, not a plateau (paper50 and --mode convergence train to the plateau)
-    "medium": ComparePreset(
-        stage1_scenes=4,
-        scenes=4,
-        views_per_scene=20,
-        test_views=4,
-        image_size=128,
-        triplane_resolution=64,
-        num_bases=10,
-        samples=16,
-        scenes_per_step=2,
-        stage1_steps=60,
-        stage1_warmup=30,
-        rgb_steps=300,
-        latent_steps=1200,
-        finetune_start=300,
-        eval_every=50,
-    ),
+    "medium": MEDIUM,
     # the paper's views (50 a scene, 10 of them test) at 128², medium's sizes otherwise, in convergence mode: each
     # method trains medium's equal-budget steps, then on to its plateau or its cap (RGB 1000 steps, latent 2400).
     # Estimated from medium's measured step costs (RGB ~3.5 s a step after ~12 s during its first 100, a decoded
     # latent step ~0.5 s, one torch thread on the shared 2-core CPU): ~1 h 40 min with both caps hit, evaluations of
     # 40 test views included; not yet run. Leaves out the paper's 1000 scenes (4 here, stage 1 on 4 others for 60
     # steps, not 500 for 20 000), M = 50 bases (10), 48 + 48 samples (16 + 16) and 30 000-step schedules
-    "paper50": ComparePreset(
-        stage1_scenes=4,
-        scenes=4,
-        views_per_scene=50,
-        test_views=10,
-        image_size=128,
-        triplane_resolution=64,
-        num_bases=10,
-        samples=16,
-        scenes_per_step=2,
-        stage1_steps=60,
-        stage1_warmup=30,
-        rgb_steps=300,
-        latent_steps=1200,
-        finetune_start=300,
-        eval_every=50,
-        convergence=True,
-        rgb_step_cap=1000,
-        latent_step_cap=2400,
+    "paper50": dataclasses.replace(
+        MEDIUM, views_per_scene=50, test_views=10, convergence=True, rgb_step_cap=1000, latent_step_cap=2400
     ),
     # the paper's sizes (128², R = 64, 1000 scenes; stage 1 on 500 others): for a GPU
     "paper": ComparePreset(

@@ -114,6 +114,9 @@ LEVERS: Dict[str, Lever] = {
         -1.0,
         {"shift_latent_target": True},
     ),  # fmt: skip
+    "defaults-decoder-frozen": Lever(
+        "the method's defaults with the decoder frozen in the decoded phase", -1.0, {"finetune_decoder": False}
+    ),  # fmt: skip
     "decode-crop8": Lever(
         "the method's defaults, the decoded phase decoding a random 8² latent square of every view",
         -1.0,
