@@ -6,8 +6,8 @@ step_memory`), stepped as ``ns-train`` steps it (callbacks, then ``Trainer.train
 ``--pipeline.model.occupancy-warmup`` batches per scene, :mod:`nerfstudio_3dae.occupancy`), so the measured steps
 use the grids as a long run does. Then two passes of the same steps:
 
-* **profiled**: ``steps`` steps, extended until one of them updated the grids (their cadence,
-  :meth:`~nerfstudio_3dae.occupancy.OccupancyGrids.train_batch`), with
+* **profiled**: ``steps`` steps, the first of them updating the grids (their update budget filled, as it fills every
+  few batches in a run: :meth:`~nerfstudio_3dae.occupancy.OccupancyGrids.train_batch`), with
 
   - **wall time per phase**: data (``datamanager.next_train``), forward (``model.get_outputs``), loss
     (``get_loss_dict`` and ``get_metrics_dict``), occupancy (the grids' per-batch bookkeeping, inside forward),
@@ -25,8 +25,9 @@ use the grids as a long run does. Then two passes of the same steps:
     ``torch.cuda.set_sync_debug_mode("warn")`` reports;
   - **the top operators** of a steady step by count;
 
-* **unprofiled**: as many steps again with no profiler, no phase clocks and no wrapped methods, timed as a whole
-  (CUDA synchronised only before and after): ``ms_per_step_unprofiled``, the figure to compare across runs.
+* **unprofiled**: as many steps again (the first again updating the grids) with no profiler, no phase clocks and no
+  wrapped methods, timed as a whole (CUDA synchronised only before and after): ``ms_per_step_unprofiled``, the
+  figure to compare across runs (:func:`run_step_profile` times several rounds, the methods in turn).
 """
 
 from __future__ import annotations
