@@ -12,6 +12,8 @@ are made float there; from CPU memory to a GPU through pinned memory, without bl
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import torch
+from jaxtyping import Int
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
@@ -72,6 +75,27 @@ def auto_scenes_per_step(
     if torch.device(device).type != "cuda":
         return max(1, min(4, scenes))
     return max(1, min(scenes, rays_per_step // max(1, rays_per_view * views_per_scene)))
+
+
+def gather_cameras(cameras: Cameras, index: Int[Tensor, "K"]) -> Cameras:
+    """``cameras[index]`` of a flat camera batch (its fields broadcast to ``[n, ...]``, as nerfstudio's ``Cameras``
+    keeps them): each tensor field and metadata entry gathered with one ``index_select``. Indexing a ``Cameras``
+    builds and checks a new one from scratch (some thirty operators a batch); the rows of a valid flat batch need no
+    checking."""
+    if len(cameras.shape) != 1:
+        raise ValueError(f"gather_cameras takes a flat camera batch, got shape {tuple(cameras.shape)}")
+    picked = copy.copy(cameras)
+    for spec in dataclasses.fields(cameras):
+        value = getattr(cameras, spec.name)
+        if isinstance(value, Tensor):
+            object.__setattr__(picked, spec.name, value.index_select(0, index))
+    if cameras.metadata:
+        picked.metadata = {
+            key: value.index_select(0, index) if isinstance(value, Tensor) else value
+            for key, value in cameras.metadata.items()
+        }
+    object.__setattr__(picked, "_shape", torch.Size([index.shape[0]]))
+    return picked
 
 
 class MultiSceneDatamanager(FullImageDatamanager):
@@ -171,16 +195,17 @@ class MultiSceneDatamanager(FullImageDatamanager):
         Nothing is read back from the device."""
         train = split == "train"
         picked = [int(i) for i in (indices.tolist() if isinstance(indices, Tensor) else indices)]
-        rows = torch.tensor(picked, dtype=torch.long)
+        index = host_to_device(picked, self.device)
+        rows = index if index.device.type == "cpu" else torch.tensor(picked, dtype=torch.long)
         store = self.train_images if train else self.eval_images
         ids = [(self._train_scene_list if train else self._eval_scene_list)[i] for i in picked]
-        cameras = self._device_cameras[split][host_to_device(picked, self.device)]
+        cameras = gather_cameras(self._device_cameras[split], index)
         layout = BatchLayout(int(store.shape[1]), int(store.shape[2]), tuple(ids), self._pinhole[split])
         cameras.metadata = {**(cameras.metadata or {}), BATCH_LAYOUT: layout}
         batch: Dict[str, Tensor] = {
             "image": to_float(rows_to_device(store, rows, self.device)),  # uint8 copied, made float on the device
             "image_idx": rows,
-            "scene_id": host_to_device(ids, self.device),
+            "scene_id": cameras.metadata[SCENE_ID].view(-1),  # [K] int64, gathered with the cameras
         }
         latents = self.train_latents if train else self.eval_latents
         if latents is not None:

@@ -20,6 +20,7 @@ per-scene planes and are sharded with them.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -92,9 +93,16 @@ def lookup(
     the box."""
     inside = (points.abs() <= bound).all(dim=-1)
     cell = ((points + bound) * (resolution / (2.0 * bound))).long().clamp(0, resolution - 1)  # [K, P, 3]
-    flat = (cell[..., 0] * resolution + cell[..., 1]) * resolution + cell[..., 2]
-    byte = bits.gather(1, flat >> 3).to(torch.int64)
+    flat = (cell * _cell_strides(resolution, cell.device)).sum(dim=-1)  # (i·G + j)·G + k
+    byte = bits.gather(1, flat >> 3)  # uint8, shifted as int64 below
     return inside & (((byte >> (flat & 7)) & 1) > 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _cell_strides(resolution: int, device: torch.device) -> Int[Tensor, "3"]:
+    """``(G², G, 1)``: a cell's ``(i, j, k)`` times these, summed, is its entry in the flattened grid (made once per
+    resolution and device: a training step looks cells up twice)."""
+    return torch.tensor([resolution * resolution, resolution, 1], dtype=torch.long, device=device)
 
 
 DENSE_SHARE = 0.9
@@ -266,6 +274,11 @@ class OccupancyGrids(nn.Module):
             self.update(rows_device[which], density_of(which))
         for i in warm:
             self._updates[rows[i]] += 1
+
+    def make_update_due(self) -> None:
+        """Fill the update budget: the next training batch updates the grids of its warm scenes, as one batch in every
+        few does in a run (``ns-3dae-bench step-profile`` profiles such a batch)."""
+        self.budget = float(len(self._updates) * self.resolution**3)
 
     def refresh_counts(self) -> None:
         """Copy the visit and update counts to the host (one read; after a state dict was loaded)."""

@@ -19,6 +19,7 @@ import torch
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import comms
+from nerfstudio.utils.misc import step_check
 from nerfstudio.utils.rich_utils import CONSOLE
 from PIL import Image
 
@@ -73,6 +74,8 @@ class ThreeDAEPipeline(VanillaPipeline):
         if isinstance(self.datamanager, MultiSceneDatamanager):
             self.datamanager.fit_batch(self.model.downscale)
         self._latents_of: Optional[str] = None
+        self._metrics_every: Optional[int] = None
+        """Training metrics are computed every this many steps (the trainer's logging interval); None: every step."""
         scene_tables = {id(t) for t in self._scene_tables().values()}
         shared_state = (t for t in self.model.state_dict(keep_vars=True).values() if id(t) not in scene_tables)
         broadcast_from_main(shared_state, self.shard)
@@ -194,7 +197,21 @@ class ThreeDAEPipeline(VanillaPipeline):
                 CONSOLE.print(f"[yellow]{reason}")
         return overall
 
+    def get_train_loss_dict(self, step: int):
+        """VanillaPipeline's, except that the training metrics (PSNRs) are computed only at the steps whose metrics the
+        trainer writes (``--logging.steps-per-log``, once known from the training callbacks): nerfstudio drops the
+        others, and the operators that compute them are a training step's overhead. The losses never use them."""
+        cameras, batch = self.datamanager.next_train(step)
+        model_outputs = self._model(cameras)
+        every = self._metrics_every
+        wanted = every is None or step_check(step, every, run_at_zero=True)
+        metrics_dict = self.model.get_metrics_dict(model_outputs, batch) if wanted else {}
+        loss_dict = self.model.get_loss_dict(model_outputs, batch, metrics_dict)
+        return model_outputs, loss_dict, metrics_dict
+
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        if attrs.trainer is not None:
+            self._metrics_every = attrs.trainer.config.logging.steps_per_log
         callbacks = super().get_training_callbacks(attrs)
         if not self._is_latent:
             return callbacks

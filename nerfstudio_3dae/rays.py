@@ -90,12 +90,15 @@ def pinhole_rays(
     (row-major over the grid)."""
     h, w = latent_size(*image_size, downscale)
     grid, flip = _grid(h, w, image_size, intrinsics.device, intrinsics.dtype)  # [1, hw, 2], [3]
-    centre = intrinsics[:, None, 2:] if pixel_shift is None else intrinsics[:, None, 2:] - pixel_shift[:, None]
-    plane = torch.nn.functional.pad((grid - centre) / intrinsics[:, None, :2], (0, 1), value=1.0)  # [K, hw, 3]
+    per_camera = intrinsics.unsqueeze(1)  # [K, 1, 4]
+    focal, centre = per_camera[..., :2], per_camera[..., 2:]
+    if pixel_shift is not None:
+        centre = centre - pixel_shift.unsqueeze(1)
+    plane = torch.nn.functional.pad((grid - centre) / focal, (0, 1), value=1.0)  # [K, hw, 3]
     # camera frame: x right, y up, looking down -z; |z| = 1, so the norm is never 0
-    directions = plane @ (camera_to_worlds[:, :, :3] * flip).transpose(1, 2)
+    directions = plane @ (camera_to_worlds[..., :3] * flip).transpose(1, 2)
     directions = directions / torch.linalg.vector_norm(directions, dim=-1, keepdim=True)
-    origins = camera_to_worlds[:, None, :, 3].expand(-1, h * w, -1)
+    origins = camera_to_worlds[..., 3].unsqueeze(1).expand(-1, h * w, -1)
     return origins, directions
 
 
@@ -113,7 +116,15 @@ def _grid(
 
 def intrinsics_of(cameras: Cameras) -> Float[Tensor, "K 4"]:
     """``fx, fy, cx, cy`` of a flat camera batch, one row per camera."""
-    return torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1).reshape(-1, 4)
+    return _float32(torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1), 4)
+
+
+def _float32(values: Tensor, *row_shape: int) -> Tensor:
+    """``values`` as float32 rows of ``row_shape`` (camera paths may hold float64 poses); no operator where they are
+    already (a training step's cameras are)."""
+    if tuple(values.shape[1:]) != row_shape or values.ndim != 1 + len(row_shape):
+        values = values.reshape(-1, *row_shape)
+    return values if values.dtype == torch.float32 else values.float()
 
 
 def camera_rays(
@@ -124,8 +135,8 @@ def camera_rays(
     distortion, ...) nerfstudio's ``generate_rays`` on cameras whose intrinsics are scaled to the grid."""
     size = (layout.height, layout.width)
     if layout.pinhole:
-        c2w = cameras.camera_to_worlds.reshape(-1, 3, 4).float()  # camera paths may hold float64 poses
-        origins, directions = pinhole_rays(c2w, intrinsics_of(cameras).float(), size, downscale, pixel_shift)
+        c2w, intrinsics = _float32(cameras.camera_to_worlds, 3, 4), intrinsics_of(cameras)
+        origins, directions = pinhole_rays(c2w, intrinsics, size, downscale, pixel_shift)
         return origins, directions, latent_size(*size, downscale)
     if pixel_shift is not None:
         cameras = shifted(cameras, pixel_shift)

@@ -24,8 +24,10 @@ Only tensors and python numbers are stored, so ``torch.load(weights_only=True)``
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Type, Union
 
 import torch
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
@@ -35,17 +37,23 @@ ROW_STEP = "row_step"
 """State key of the per-row step counts (not ``step``: torch's loader special-cases that key)."""
 
 
+_MARKED: Set[int] = set()
+"""Ids of the live parameters whose gradients :func:`keep_coalesced_mark` watches."""
+
+
 def touched_rows(grad: Tensor) -> Tuple[Tensor, Tensor]:
     """``(rows [k] int64, values [k, *row_shape])`` of a row-sparse or dense gradient.
 
-    Sparse COO gradients must have exactly one sparse dimension (the rows); they are coalesced, so duplicated rows
-    are summed. For a dense gradient the rows whose entries are not all zero are returned.
+    Sparse COO gradients must have exactly one sparse dimension (the rows); they are coalesced (duplicated rows
+    summed; nothing to do for a gradient marked coalesced, :func:`keep_coalesced_mark`: on a GPU, coalescing reads the
+    new size back). For a dense gradient the rows whose entries are not all zero are returned.
     """
     if grad.is_sparse:
-        if grad.sparse_dim() != 1:
-            raise ValueError(f"RowSparseAdam needs gradients with one sparse (row) dimension, got {grad.sparse_dim()}")
         grad = grad.coalesce()
-        return grad.indices()[0], grad.values()
+        indices = grad._indices()  # [sparse dimensions, k]
+        if indices.shape[0] != 1:
+            raise ValueError(f"RowSparseAdam needs gradients with one sparse (row) dimension, got {indices.shape[0]}")
+        return indices[0], grad._values()
     if grad.layout != torch.strided:
         raise ValueError(f"RowSparseAdam supports sparse COO or dense gradients, got layout {grad.layout}")
     nonzero = grad.reshape(grad.shape[0], -1).ne(0).any(dim=1)
@@ -53,9 +61,78 @@ def touched_rows(grad: Tensor) -> Tuple[Tensor, Tensor]:
     return rows, grad.index_select(0, rows)
 
 
-def _row_shape(values: Tensor, per_row: Tensor) -> Tensor:
-    """``per_row [k]`` reshaped to broadcast against ``values [k, ...]``."""
-    return per_row.reshape(-1, *([1] * (values.ndim - 1)))
+def keep_coalesced_mark(param: Tensor) -> None:
+    """Keep the "coalesced" mark of ``param``'s sparse gradients. The bank's gathers of distinct rows make coalesced
+    gradients (:func:`~nerfstudio_3dae.triplanes.gather_rows`), but torch's accumulation stores the first gradient of a
+    backward pass as a new sparse tensor without the mark, and coalescing it again would read its size back from the
+    device every step. A hook sees each gradient before it is accumulated; when it is the first since the gradient was
+    cleared and is marked coalesced, the stored one is marked again after (a gradient accumulated onto another keeps
+    torch's mark). Once per parameter; nothing for a parameter that takes no gradient."""
+    if id(param) in _MARKED or not param.requires_grad:
+        return
+    first = [False]
+    owner = weakref.ref(param)
+
+    def before(grad: Tensor) -> None:
+        parameter = owner()
+        first[0] = parameter is not None and parameter.grad is None and grad.is_sparse and grad.is_coalesced()
+
+    def after(parameter: Tensor) -> None:
+        if first[0] and parameter.grad is not None and parameter.grad.is_sparse:
+            parameter.grad._coalesced_(True)
+        first[0] = False
+
+    param.register_hook(before)
+    param.register_post_accumulate_grad_hook(after)
+    _MARKED.add(id(param))
+    weakref.finalize(param, _MARKED.discard, id(param))
+
+
+def converged_step(beta1: float, beta2: float) -> int:
+    """A step count from which both of Adam's bias corrections ``1 − βᵗ`` are 1.0 in float64 (with a margin for the
+    last bit of ``pow``): factors tabulated up to it hold for every later step."""
+    steps = []
+    for beta in (beta1, beta2):
+        t = 1 if beta <= 0.0 else max(1, math.ceil(math.log(2.0**-54) / math.log(beta)) - 8)
+        while beta > 0.0 and 1.0 - beta**t != 1.0:
+            t += 1
+        steps.append(t)
+    return max(steps) + 64
+
+
+class _Factors:
+    """Adam's per-row factors of one parameter group by step count ``t``: ``step_size[t] = lr / (1 − β₁ᵗ)`` and
+    ``bias2_sqrt[t] = √(1 − β₂ᵗ)``, computed in float64 as :class:`RowSparseAdam` always computed them and rounded to
+    the values' dtype; a step looks its rows' factors up instead of computing them.
+
+    The table covers every step count a row can have reached (the host bounds it: one more per optimiser step), grown
+    by doubling, and stops growing once both corrections are 1.0 (later steps share its last entry); the step sizes
+    are remade when the learning rate changes (a scheduler: every step)."""
+
+    def __init__(self, betas: Tuple[float, float], dtype: torch.dtype, device: torch.device) -> None:
+        self.betas = betas
+        self.dtype = dtype
+        self.device = device
+        self.converged = converged_step(*betas)
+        self.length = 0
+        self.lr: Optional[float] = None
+        self.reciprocal_bias1 = torch.empty(0, dtype=torch.float64, device=device)
+        self.bias2_sqrt = torch.empty(0, dtype=dtype, device=device)
+        self.step_size = torch.empty(0, dtype=dtype, device=device)
+
+    def cover(self, lr: float, bound: int) -> None:
+        """Cover the step counts up to ``bound`` at learning rate ``lr`` (remade only when either needs it)."""
+        needed = min(bound + 1, self.converged)
+        if needed > self.length:
+            self.length = min(max(64, 1 << (needed - 1).bit_length()), self.converged)
+            t = torch.arange(self.length, dtype=torch.float64, device=self.device)
+            beta1, beta2 = self.betas
+            self.reciprocal_bias1 = torch.pow(beta1, t).neg().add(1.0).reciprocal()
+            self.bias2_sqrt = torch.pow(beta2, t).neg().add(1.0).sqrt().to(self.dtype)
+            self.lr = None
+        if lr != self.lr:
+            self.step_size = (self.reciprocal_bias1 * lr).to(self.dtype)
+            self.lr = lr
 
 
 class RowSparseAdam(torch.optim.Optimizer):
@@ -93,6 +170,15 @@ class RowSparseAdam(torch.optim.Optimizer):
                     raise ValueError("RowSparseAdam needs parameters of at least one dimension (rows first)")
         self.rows_updated: int = 0
         """Rows updated by the last :meth:`step`, summed over parameters (a work counter for tests and benchmarks)."""
+        self._steps_bound = 0
+        """No row has been updated more often than this (the host's bound: one more per :meth:`step`)."""
+        self._factors: Dict[Tuple[int, torch.dtype, torch.device], _Factors] = {}
+        """The factor table of each parameter group (and dtype and device)."""
+        self._step_views: Dict[int, Tuple[Tensor, Tensor]] = {}
+        """By parameter id: its row step counts and a ``[N, 1, ...]`` view of them (made once, not saved)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                keep_coalesced_mark(p)
 
     def state_for(self, p: Tensor) -> Dict[str, Tensor]:
         """The state of ``p``, allocated with zeros on first use."""
@@ -103,6 +189,15 @@ class RowSparseAdam(torch.optim.Optimizer):
             state[ROW_STEP] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
         return state
 
+    def _step_view(self, p: Tensor, state: Dict[str, Tensor]) -> Tensor:
+        """``p``'s row step counts viewed as ``[N, 1, ...]`` (``p``'s dimensions): gathered rows of it broadcast against
+        the rows' values (the view is remade only when the state's tensor was replaced, e.g. by a load)."""
+        cached = self._step_views.get(id(p))
+        if cached is None or cached[0] is not state[ROW_STEP]:
+            counts = state[ROW_STEP]
+            cached = self._step_views[id(p)] = (counts, counts.view(-1, *([1] * (p.ndim - 1))))
+        return cached[1]
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         """Update the touched rows of every parameter that has a gradient."""
@@ -111,7 +206,8 @@ class RowSparseAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self.rows_updated = 0
-        for group in self.param_groups:
+        self._steps_bound += 1
+        for index, group in enumerate(self.param_groups):
             work = []  # (parameter, its state, touched rows, their gradient)
             for p in group["params"]:
                 if p.grad is None:
@@ -121,39 +217,49 @@ class RowSparseAdam(torch.optim.Optimizer):
                 rows, grad = touched_rows(p.grad)
                 if rows.numel() == 0:
                     continue
-                work.append((p, self.state_for(p), rows, grad.to(p.dtype)))
+                work.append((p, self.state_for(p), rows, grad if grad.dtype == p.dtype else grad.to(p.dtype)))
                 self.rows_updated += int(rows.numel())
             if work:
-                self._update_rows(work, group)
+                self._update_rows(work, group, self._factors_of(index, group, work[0][0]))
         return loss
 
-    @staticmethod
-    def _update_rows(work: List[Tuple[Tensor, Dict[str, Tensor], Tensor, Tensor]], group: Dict[str, Any]) -> None:
+    def _factors_of(self, index: int, group: Dict[str, Any], param: Tensor) -> _Factors:
+        """The factor table of parameter group ``index``, covering this step."""
+        betas = (float(group["betas"][0]), float(group["betas"][1]))
+        key = (index, param.dtype, param.device)
+        factors = self._factors.get(key)
+        if factors is None or factors.betas != betas:
+            factors = self._factors[key] = _Factors(betas, param.dtype, param.device)
+        factors.cover(float(group["lr"]), self._steps_bound)
+        return factors
+
+    def _update_rows(
+        self, work: List[Tuple[Tensor, Dict[str, Tensor], Tensor, Tensor]], group: Dict[str, Any], factors: _Factors
+    ) -> None:
         """One Adam update of the touched rows of each parameter of a group, in the operation order of
-        ``torch.optim.Adam`` (the arithmetic of all the group's parameters batched: ``torch._foreach_*``)."""
+        ``torch.optim.Adam`` (the arithmetic of all the group's parameters batched: ``torch._foreach_*``; the per-row
+        factors looked up by the rows' step counts, gathered ``[k, 1, ...]`` to broadcast against their values)."""
         beta1, beta2 = group["betas"]
         params, states, rows, grads = (list(x) for x in zip(*work, strict=True))
         exp_avg = [s["exp_avg"].index_select(0, r) for s, r in zip(states, rows, strict=True)]
         exp_avg_sq = [s["exp_avg_sq"].index_select(0, r) for s, r in zip(states, rows, strict=True)]
-        steps = torch._foreach_add([s[ROW_STEP].index_select(0, r) for s, r in zip(states, rows, strict=True)], 1)
+        views = [self._step_view(p, s) for p, s in zip(params, states, strict=True)]
+        steps = torch._foreach_add([v.index_select(0, r) for v, r in zip(views, rows, strict=True)], 1)
         torch._foreach_lerp_(exp_avg, grads, 1.0 - beta1)
         torch._foreach_mul_(exp_avg_sq, beta2)
         torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1.0 - beta2)
-        steps_f = [t.to(torch.float64) for t in steps]
-        # per row: lr / (1 - beta1^t) and sqrt(1 - beta2^t), in float64 like torch's Adam, shaped against the values
-        bias1 = torch._foreach_add(torch._foreach_neg(torch._foreach_pow(beta1, steps_f)), 1.0)
-        bias2 = torch._foreach_add(torch._foreach_neg(torch._foreach_pow(beta2, steps_f)), 1.0)
-        step_size = torch._foreach_mul(torch._foreach_reciprocal(bias1), float(group["lr"]))
-        step_size = [_row_shape(g, x.to(g.dtype)) for g, x in zip(grads, step_size, strict=True)]
-        bias2_sqrt = [_row_shape(g, x.to(g.dtype)) for g, x in zip(grads, torch._foreach_sqrt(bias2), strict=True)]
+        at = torch._foreach_clamp_max(steps, factors.length - 1)  # beyond the table: its last (converged) entry
+        step_size = [torch.take(factors.step_size, t) for t in at]
+        bias2_sqrt = [torch.take(factors.bias2_sqrt, t) for t in at]
         denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(exp_avg_sq), bias2_sqrt), float(group["eps"]))
-        values = [p.index_select(0, r) for p, r in zip(params, rows, strict=True)]
-        torch._foreach_sub_(values, torch._foreach_div(torch._foreach_mul(exp_avg, step_size), denom))
-        for p, s, r, v, m, m2, t in zip(params, states, rows, values, exp_avg, exp_avg_sq, steps, strict=True):
-            p.index_copy_(0, r, v)
+        update = torch._foreach_div(torch._foreach_mul(exp_avg, step_size), denom)
+        for p, s, v, r, u, m, m2, t in zip(
+            params, states, views, rows, update, exp_avg, exp_avg_sq, steps, strict=True
+        ):
+            p.index_add_(0, r, u, alpha=-1)  # distinct rows: p[r] − u
             s["exp_avg"].index_copy_(0, r, m)
             s["exp_avg_sq"].index_copy_(0, r, m2)
-            s[ROW_STEP].index_copy_(0, r, t)
+            v.index_copy_(0, r, t)
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a state dict; the per-row step counts keep their int64 type (torch would cast them to float).
@@ -177,6 +283,8 @@ class RowSparseAdam(torch.optim.Optimizer):
                 continue
             steps = torch.as_tensor(steps).to(device=p.device, dtype=torch.int64)
             self.state[p][ROW_STEP] = steps.expand(p.shape[0]).clone() if steps.ndim == 0 else steps
+            if steps.numel():  # read once here, so that no training step has to
+                self._steps_bound = max(self._steps_bound, int(steps.max()))
 
 
 @dataclass

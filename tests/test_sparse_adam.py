@@ -282,3 +282,59 @@ def test_loads_the_state_of_dense_adam() -> None:
     opt.step()
     dense.step()
     torch.testing.assert_close(table, dense_table, atol=1e-6, rtol=0)
+
+
+def _reference_rows_update(table: torch.Tensor, state: Dict[str, torch.Tensor], rows: torch.Tensor, grad, group):
+    """The update of :class:`RowSparseAdam` before its factors were tabulated: every factor computed per row, in
+    float64, from the row's step count (the arithmetic the table must reproduce bit for bit)."""
+    beta1, beta2 = group["betas"]
+    m, v = state["exp_avg"][rows].clone(), state["exp_avg_sq"][rows].clone()
+    t = (state[ROW_STEP][rows] + 1).to(torch.float64)
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    shape = (-1, *([1] * (grad.ndim - 1)))
+    step_size = ((-(beta1**t) + 1).reciprocal() * group["lr"]).to(grad.dtype).reshape(shape)
+    bias2_sqrt = (-(beta2**t) + 1).sqrt().to(grad.dtype).reshape(shape)
+    denom = v.sqrt() / bias2_sqrt + group["eps"]
+    return table[rows] - (m * step_size) / denom
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.5, 0.6)])
+def test_tabulated_factors_are_the_per_row_arithmetic_at_any_step_count(betas) -> None:
+    """Rows at step counts from 0 to far past the table's end (where both corrections are 1.0) move exactly as the
+    per-row float64 arithmetic moves them, with the learning rate changing between steps."""
+    table = _table(5, seed=7)
+    opt = RowSparseAdam([table], lr=1e-2, betas=betas, eps=1e-15)
+    counts = torch.tensor([0, 3, 200, 40_000, 10**7])
+    state = {"exp_avg": torch.rand(5, *ROW_SHAPE), "exp_avg_sq": torch.rand(5, *ROW_SHAPE), ROW_STEP: counts}
+    opt.load_state_dict({"state": {0: state}, "param_groups": opt.state_dict()["param_groups"]})
+    for step, rows in enumerate([[0, 1, 2, 3, 4], [1, 3], [0, 4]]):
+        opt.param_groups[0]["lr"] = 1e-2 * 0.9**step
+        grad = _row_grad(rows, 5, seed=600 + step)
+        index, values = grad.coalesce().indices()[0], grad.coalesce().values()
+        expected = _reference_rows_update(table.detach(), opt.state[table], index, values, opt.param_groups[0])
+        table.grad = grad
+        opt.step()
+        assert torch.equal(table.detach()[index], expected)
+
+
+def test_the_banks_gradients_stay_marked_coalesced_and_are_not_coalesced_again() -> None:
+    """torch's gradient accumulation drops the coalesced mark of the bank's sparse gradients; the optimiser's hooks
+    restore it, so that its step never coalesces (on a GPU coalescing reads the size back: a host sync per step).
+    Gradients of two backward passes before a step are summed, as before."""
+    bank = _bank(6, sparse=True)
+    opt = RowSparseAdam([bank.micro, bank.weights, bank.bias], lr=1e-2)
+    ids = torch.tensor([1, 4])
+    planes = bank.planes(ids, distinct_sorted=True)
+    planes.square().mean().backward()
+    assert all(p.grad.is_coalesced() for p in (bank.micro, bank.weights, bank.bias))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert not [e.name for e in prof.events() if e.name == "aten::_coalesce"]
+    opt.zero_grad()
+    bank.planes(ids, distinct_sorted=True).sum().backward()
+    once = bank.micro.grad.to_dense()
+    bank.planes(ids, distinct_sorted=True).sum().backward()  # accumulated onto the first
+    torch.testing.assert_close(bank.micro.grad.to_dense(), 2 * once)
+    opt.step()
+    assert opt.rows_updated == 3 * 2  # two rows of each of the three tables

@@ -21,9 +21,10 @@ after stage 1, the latent fit on training and test views, decoded before and aft
 Tri-Planes on the same scenes, for each lever (schedule or option set) named by ``--levers`` (quality.json,
 quality.md; docs/quality.md).
 
-``ns-3dae-bench step-profile --device cpu`` profiles steady-state training steps of both methods: wall time per phase
-(data, forward, occupancy, loss, backward, optimiser, callbacks), dispatched operators, host syncs by kind, the top
-operators (step-profile.json, step-profile.md; docs/gpu.md).
+``ns-3dae-bench step-profile --device cpu`` profiles steady-state training steps of both methods (3dae-latent in both
+phases) after the occupancy grids' warm-up: wall time per phase (data, forward, occupancy, loss, backward, optimiser,
+callbacks), dispatched operators, host syncs by kind, the top operators, and the time per step unprofiled
+(step-profile.json, step-profile.md; docs/gpu.md).
 
 ``ns-3dae-bench reconstruction --autoencoders embedded my-ae --data data/cars`` measures D(E(x)) of autoencoders on
 datasets' views side by side (reconstruction.json, reconstruction.md; docs/autoencoder.md).
@@ -441,8 +442,9 @@ class Quality:
 
 @dataclass
 class StepProfile:
-    """Where a steady-state training step of 3dae-rgb and 3dae-latent goes (method defaults): wall time per phase,
-    dispatched operators, host syncs by kind, the top operators (step-profile.json, step-profile.md)."""
+    """Where a steady-state training step of 3dae-rgb and 3dae-latent (both phases) goes (method defaults), after the
+    occupancy grids' warm-up: wall time per phase, dispatched operators, host syncs by kind, the top operators, and
+    the time per step without the profiler (step-profile.json, step-profile.md)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the steps run (auto: CUDA when torch sees one)."""
@@ -453,20 +455,30 @@ class StepProfile:
     methods: Tuple[Literal["3dae-rgb", "3dae-latent"], ...] = ("3dae-rgb", "3dae-latent")
     """The methods to profile."""
     warmup: int = 5
-    """Steps before the measured ones (the first steps create optimiser state and caches)."""
+    """Steps before the measured ones (the first steps create optimiser state and caches); the warm-up then goes on
+    until every scene's occupancy grid has been computed (--pipeline.model.occupancy-warmup batches per scene)."""
     steps: int = 5
-    """Measured steps."""
-    latent_phase: Literal["latent", "decoded"] = "latent"
-    """The phase of 3dae-latent to profile: 'latent' (cached latents, the first quarter of the default schedule) or
-    'decoded' (RGB through the decoder, the rest)."""
+    """Profiled steps, the first of them updating the occupancy grids (as every few steps do); as many are then timed
+    unprofiled in each round."""
+    latent_phases: Tuple[Literal["latent", "decoded"], ...] = ("latent", "decoded")
+    """The phases of 3dae-latent to profile, each from a fresh run: 'latent' (cached latents, the first quarter of the
+    default schedule) and 'decoded' (RGB through the decoder, the rest); with both, the decoded step's unprofiled time
+    over the latent step's is printed."""
     compile_renderer: bool = False
     """Profile with --pipeline.model.compile-renderer (the compiling happens during the warm-up steps)."""
+    rounds: int = 3
+    """Rounds of unprofiled timing: each round times --steps steps of every method and phase in turn (the median
+    round is reported), so that a shared machine's changing load weighs on all of them alike."""
 
     def main(self) -> None:
         from nerfstudio_3dae.bench.step_profile import run_step_profile, step_profile_table
 
-        if self.warmup < 0 or self.steps < 1 or self.image_size < 8 or self.image_size % 8:
-            CONSOLE.print("[bold red]error:[/bold red] --warmup >= 0, --steps >= 1, --image-size a multiple of 8")
+        bad = self.warmup < 0 or self.steps < 1 or self.rounds < 1 or not self.latent_phases
+        if bad or self.image_size < 8 or self.image_size % 8:
+            CONSOLE.print(
+                "[bold red]error:[/bold red] --warmup >= 0, --steps >= 1, --rounds >= 1, --image-size a multiple of 8, "
+                "--latent-phases latent and/or decoded"
+            )
             sys.exit(2)
         result = run_step_profile(
             self.output,
@@ -476,7 +488,8 @@ class StepProfile:
             self.warmup,
             self.steps,
             log=CONSOLE.print,
-            phase=self.latent_phase,
+            phases=self.latent_phases,
+            rounds=self.rounds,
             compile_renderer=self.compile_renderer,
         )
         table = step_profile_table(result)
