@@ -234,10 +234,12 @@ def render_rays(
     edges, t = stratified_samples(num_rays, num_coarse, near, far, deterministic, device)
     density, values = _query(field_fn, origins, directions, t, box_bound)
     if num_fine > 0:
-        with torch.no_grad():
-            coarse_w = composite(edges[:, :-1], edges[:, 1:], density.detach(), values.detach(), None, t, backend_used)[
-                3
-            ]
+        with torch.no_grad():  # only the weights steer the fine samples: no values, depth or background composited
+            if backend_used == "torch":
+                coarse_w = _weights_torch(edges[:, :-1], edges[:, 1:], density.detach()[..., 0])
+            else:
+                coarse_w = composite(edges[:, :-1], edges[:, 1:], density.detach(), values.detach(), None, t,
+                                     backend_used)[3]  # fmt: skip
         t_fine = importance_samples(edges, coarse_w, num_fine, deterministic, histogram_padding, backend_used)
         density_f, values_f = _query(field_fn, origins, directions, t_fine.to(t.dtype), box_bound)
         t, order = torch.sort(torch.cat([t, t_fine.to(t.dtype)], dim=-1), dim=-1)
