@@ -9,6 +9,7 @@
 * :mod:`~nerfstudio_3dae.bench.reconstruction`: D(E(x)) of autoencoders on datasets' views;
 * :mod:`~nerfstudio_3dae.bench.step_profile` and :mod:`~nerfstudio_3dae.bench.step_memory`: what one training step
   costs (time per phase, operators, host syncs; memory);
-* :mod:`~nerfstudio_3dae.bench.skipping`: empty-space skipping with occupancy grids; :mod:`~nerfstudio_3dae.bench.finetune`:
-  stage 3 re-tuned; :mod:`~nerfstudio_3dae.bench.memory`: memory per scene as the paper counts it.
+* :mod:`~nerfstudio_3dae.bench.skipping`: empty-space skipping with occupancy grids;
+* :mod:`~nerfstudio_3dae.bench.finetune`: stage 3 re-tuned; :mod:`~nerfstudio_3dae.bench.memory`: memory per scene
+  as the paper counts it.
 """
