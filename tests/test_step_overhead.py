@@ -14,10 +14,11 @@ from nerfstudio_3dae.bench import step_profile
 from nerfstudio_3dae.bench.step_memory import step_memory_data
 from nerfstudio_3dae.datamanager import gather_cameras
 
-LATENT_TOP_LEVEL_OPS = 640
-"""Bound on the top-level operators of a steady 3dae-latent step at the defaults (measured 2026-12-07: 628 at 32²,
+LATENT_TOP_LEVEL_OPS = 628
+"""Bound on the top-level operators of a steady 3dae-latent step at the defaults (measured 2026-12-07: 615 at 128²,
 after the grids' warm-up, from 704 before the row-sparse Adam's table, the datamanager's camera rows, the cheaper
-occupancy lookup and rays, and the training metrics computed at logging steps only; 1048 before issue 18): a
+occupancy lookup and rays, the training metrics computed at logging steps only and the coarse pass's weights alone;
+1048 before issue 18): a
 regression guard. Issue 24's target of 400 needs the renderer's own operators cut (docs/gpu.md)."""
 
 
