@@ -154,7 +154,8 @@ def tiny(command: DocCommand) -> DocCommand:
         for option, value in AE_TRAINING.items():
             _set(argv, option, value)
     elif tool == "ns-3dae-bench":
-        _set(argv, "--preset", "tiny")
+        if argv[1] != "reconstruction":  # it has no presets: the workspace's views are few already
+            _set(argv, "--preset", "tiny")
         if argv[1] == "compare":
             _set(argv, "--threads", "1")
         if argv[1] == "skipping":
