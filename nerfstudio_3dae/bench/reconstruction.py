@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Literal, Optional, Sequence
 
-import torch
-
 from nerfstudio_3dae.autoencoder_source import resolve_autoencoder
 from nerfstudio_3dae.autoencoder_training import reconstruction_psnr
 from nerfstudio_3dae.data.images import load_images
@@ -56,8 +54,7 @@ def run_reconstruction(
     for source in autoencoders:
         ae = resolve_autoencoder(source)
         start = time.perf_counter()
-        with torch.no_grad():
-            psnr[source] = {root: reconstruction_psnr(ae, views) for root, views in images.items()}
+        psnr[source] = {root: reconstruction_psnr(ae, views) for root, views in images.items()}  # no_grad inside
         seconds[source] = time.perf_counter() - start
         log(f"{source}: " + ", ".join(f"{root} {db:.2f} dB" for root, db in psnr[source].items()))
     return {
