@@ -342,6 +342,24 @@ def test_a_tiny_compare_in_convergence_mode(tmp_path: Path, one_thread):
     for name in ("rgb", "latent"):
         psnrs = [p for _, _, p, _ in plain["curves"][name]]
         assert [p for _, _, p, _ in result["curves"][name]] == pytest.approx(psnrs, abs=1e-5), name
+    # the clock: on the CPU the process's CPU seconds (another process on the same cores does not inflate them)
+    expected = "wall" if torch.cuda.is_available() else "cpu"
+    assert result["clock"] == plain["clock"] == expected and "seconds" in plain["clock_reads"]
+
+    # --resume: the stages a stopped compare finished are read back, not run again; only the missing one runs
+    (tmp_path / "plain" / "runs" / "latent.measured.json").unlink()  # stopped while the latent method trained
+    lines: list = []
+    again = run_compare("tiny", tmp_path / "plain", log=lines.append, resume=True)
+    resumed = [line for line in lines if "resumed:" in line]
+    assert len(resumed) == 2 and "stage1.measured.json" in resumed[0] and "rgb.measured.json" in resumed[1]
+    assert again["curves"]["rgb"] == plain["curves"]["rgb"] and again["stage1_time_s"] == plain["stage1_time_s"]
+    latent_psnrs = [p for _, _, p, _ in plain["curves"]["latent"]]
+    assert [p for _, _, p, _ in again["curves"]["latent"]] == pytest.approx(latent_psnrs, abs=1e-5), "ran again"
+    # other settings: nothing is read back (a cap changed), and without --resume nothing is either
+    lines.clear()
+    other = resolve_preset("tiny", "convergence", rgb_step_cap=16, latent_step_cap=16)
+    run_compare("tiny", tmp_path / "plain", log=lines.append, resume=True, preset=other)
+    assert not any("resumed:" in line for line in lines) and sum("other settings" in line for line in lines) == 3
     write_outputs(result, tmp_path / "conv")
     table = (tmp_path / "conv" / "compare.md").read_text()
     assert "| steps trained | 16 (cap 16, hit) | 24 (cap 64) |" in table and "**NOT plateaued**: too short" in table

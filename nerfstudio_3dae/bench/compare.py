@@ -30,13 +30,18 @@ In **convergence mode** (``--mode convergence``, the ``paper50`` preset) the RGB
 equal-budget steps until their test PSNR plateaus or their step cap, and compare.json leads with the figures at
 convergence (:mod:`nerfstudio_3dae.bench.convergence`); the figures above become the second row, cut from the same
 curves at the equal-budget steps.
+
+The seconds are those of ``clock`` (:mod:`nerfstudio_3dae.bench.measure`: the process's CPU seconds on the CPU, wall
+seconds on CUDA, by default). Each finished stage (stage 1, RGB, latent, ablation) writes its figures to
+``runs/<stage>.measured.json``; with ``resume`` a stage whose file is there, made with the same settings, is not run
+again, so a compare stopped part-way (a session's end, a crash) goes on at the stage it was in.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Tuple
@@ -45,7 +50,16 @@ import torch
 
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT
 from nerfstudio_3dae.bench.convergence import budget_prefix, stop_at_plateau, summarise_convergence
-from nerfstudio_3dae.bench.measure import MethodRun, seed_like_ns_train, train_and_measure
+from nerfstudio_3dae.bench.measure import (
+    CLOCK_NAMES,
+    Clock,
+    MethodRun,
+    default_clock,
+    method_run_from_dict,
+    read_clock,
+    seed_like_ns_train,
+    train_and_measure,
+)
 from nerfstudio_3dae.bench.memory import effective_memory
 from nerfstudio_3dae.bench.plateau import plateau, time_to_reach
 from nerfstudio_3dae.bench.presets import PRESETS, ComparePreset
@@ -264,22 +278,27 @@ def prepare_scenes(
 
 
 def run_stage1(
-    preset: ComparePreset, data: Selection, runs: Path, autoencoder: str, ae_weight: Optional[float] = None
+    preset: ComparePreset,
+    data: Selection,
+    runs: Path,
+    autoencoder: str,
+    ae_weight: Optional[float] = None,
+    clock: Clock = "wall",
 ) -> Tuple[Path, float]:
     """``3dae-autoencoder`` on the stage-1 scenes from ``autoencoder`` (``ae_weight``: the joint phase's weight of
-    ‖D(E(x)) − x‖², None: the method's): its run folder (holding the exported autoencoder and bases) and its wall
-    seconds."""
+    ‖D(E(x)) − x‖², None: the method's): its run folder (holding the exported autoencoder and bases) and its
+    seconds on ``clock``."""
     stage1 = configure_method(autoencoder_method(), data, runs, preset, preset.stage1_steps, "stage1")
     stage1.pipeline.model.autoencoder = autoencoder
     if ae_weight is not None:
         stage1.pipeline.model.ae_weight = ae_weight
     stage1.pipeline.model.warmup_steps = preset.stage1_warmup
     seed_like_ns_train(stage1.machine.seed)
-    start = time.perf_counter()
+    start = read_clock(clock)
     trainer = stage1.setup(local_rank=0, world_size=1)
     trainer.setup()
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds = read_clock(clock) - start
     run_dir = Path(trainer.base_dir)
     if not (run_dir / RUN_EXPORT / "config.json").is_file():
         raise RuntimeError(f"stage 1 did not export its autoencoder to {run_dir / RUN_EXPORT}")
@@ -287,6 +306,23 @@ def run_stage1(
 
 
 Mode = Literal["convergence", "equal-budget"]
+
+
+def resumable(path: Path, settings: Dict, resume: bool, log: Callable[[str], None], make: Callable[[], Dict]) -> Dict:
+    """The figures of one stage of a compare: read from ``path`` when ``resume`` and it was written with the same
+    ``settings`` (logged), else made by ``make`` and written there (atomically: a crash leaves no half file)."""
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == settings:
+            log(f"  resumed: {path} (finished earlier with the same settings)")
+            return saved["figures"]
+        log(f"  {path} was made with other settings: running this stage again")
+    figures = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"settings": settings, "figures": figures}, indent=1) + "\n")
+    os.replace(partial, path)
+    return figures
 
 
 def resolve_preset(name: str, mode: Optional[Mode] = None, **overrides: Any) -> ComparePreset:
@@ -315,43 +351,64 @@ def run_compare(
     downscale_factor: int = 1,
     ablation: bool = False,
     preset: Optional[ComparePreset] = None,
+    clock: Optional[Clock] = None,
+    resume: bool = False,
 ) -> Dict:
     """Get the data (``data`` with two disjoint selections, or generated scenes), run stage 1, the RGB and the
     latent method (and, with ``ablation``, the micro/macro bank in RGB), and return the figures. ``preset``: the
     sizes and schedules (default: ``PRESETS[preset_name]``; :func:`resolve_preset` makes one with options). In
     convergence mode the RGB and latent runs go on past their equal-budget steps to their plateau or cap
-    (:mod:`nerfstudio_3dae.bench.convergence`); the ablation trains its equal budget only."""
+    (:mod:`nerfstudio_3dae.bench.convergence`); the ablation trains its equal budget only. ``clock``: what the
+    seconds are (None: :func:`default_clock` of the device); ``resume``: stages finished earlier in ``output`` with
+    the same settings are read back, not run again."""
     preset = preset or resolve_preset(preset_name)
     rule = preset.plateau_rule()
+    device_type = resolve_device("auto")
+    clock = clock or default_clock(device_type)
 
     def on_eval(method: str, step: int, seconds: float, psnr: float) -> None:
         log(f"  {method:<16} step {step:>6}  {seconds:8.1f} s on the clock  test PSNR {psnr:6.2f} dB")
 
     def train(config, method: str) -> MethodRun:
         if not preset.convergence:
-            return train_and_measure(config, preset, on_eval)
+            return train_and_measure(config, preset, on_eval, clock=clock)
         budget = preset.budget_steps(method)
-        return train_and_measure(config, preset, on_eval, stop_at_plateau(rule, budget), eval_at=[budget])
+        stop = stop_at_plateau(rule, budget)
+        return train_and_measure(config, preset, on_eval, stop, eval_at=[budget], clock=clock)
 
     steps = {m: preset.step_cap(m) if preset.convergence else preset.budget_steps(m) for m in ("rgb", "latent")}
     until = f" (at least; then to the plateau: {rule.statement()})" if preset.convergence else ""
     chosen = prepare_scenes(preset, output, seed, data, stage1_scenes, scenes, downscale_factor)
     compared, n1, n, source = chosen.compared, chosen.num_stage1, chosen.num_compared, chosen.source
     runs = output / "runs"
+    settings = {"preset": asdict(preset), "source": source or {"data": "generated", "seed": seed},
+                "autoencoder": autoencoder, "clock": clock, "device": device_type}  # fmt: skip
+
+    def stage(name: str, make: Callable[[], MethodRun]) -> MethodRun:
+        figures = resumable(runs / f"{name}.measured.json", settings, resume, log, lambda: asdict(make()))
+        return method_run_from_dict(figures)
 
     log(f"stage 1: 3dae-autoencoder on {n1} other scenes, {preset.stage1_steps} steps")
-    stage1_dir, stage1_s = run_stage1(preset, chosen.stage1, runs, autoencoder)
+
+    def make_stage1() -> Dict:
+        run_dir, seconds = run_stage1(preset, chosen.stage1, runs, autoencoder, clock=clock)
+        return {"run_dir": str(run_dir), "seconds": seconds}
+
+    first = resumable(runs / "stage1.measured.json", settings, resume, log, make_stage1)
+    if not (Path(first["run_dir"]) / RUN_EXPORT / "config.json").is_file():  # the file outlived its run folder
+        first = resumable(runs / "stage1.measured.json", settings, False, log, make_stage1)
+    stage1_dir, stage1_s = Path(first["run_dir"]), float(first["seconds"])
 
     log(f"3dae-rgb (RGB Tri-Planes) on {n} scenes, {preset.rgb_steps} steps{until}, cap {steps['rgb']}")
     rgb_config = configure_method(rgb_method(), compared, runs, preset, steps["rgb"], "rgb", bases=False)
-    rgb = train(rgb_config, "rgb")
+    rgb = stage("rgb", lambda: train(rgb_config, "rgb"))
     bank = None
     if ablation:
         log(f"ablation: 3dae-rgb with the micro/macro bank on the same scenes, {preset.rgb_steps} steps")
         bank_config = configure_method(rgb_method(), compared, runs, preset, preset.rgb_steps, "rgb-bank")
         for key, value in {**RGB_BANK_ABLATION, "num_bases": preset.num_bases}.items():
             setattr(bank_config.pipeline.model, key, value)
-        bank = train_and_measure(bank_config, preset, on_eval)
+        bank = stage("rgb-bank", lambda: train_and_measure(bank_config, preset, on_eval, clock=clock))
     log(
         f"3dae-latent on the same scenes, {preset.latent_steps} steps{until}, cap {steps['latent']} (decoder "
         f"fine-tune from {preset.finetune_start})"
@@ -360,11 +417,12 @@ def run_compare(
     config.pipeline.model.autoencoder = str(stage1_dir)
     config.pipeline.model.bases = stage1_dir
     config.pipeline.model.finetune_start = preset.finetune_start
-    latent = train(config, "latent")
-    device = describe_device(resolve_device("auto"))
+    latent = stage("latent", lambda: train(config, "latent"))
+    device = describe_device(device_type)
+    timing = {"clock": clock, "clock_reads": CLOCK_NAMES[clock]}
     if not preset.convergence:
         result = summarise(preset_name, preset, stage1_s, rgb, latent, device, target_margin_db, n, bank, source)
-        return {"mode": "equal-budget", **result}
+        return {"mode": "equal-budget", **timing, **result}
     budget = {"rgb": budget_prefix(rgb, preset.rgb_steps), "latent": budget_prefix(latent, preset.latent_steps)}
     result = summarise(
         preset_name, preset, stage1_s, budget["rgb"], budget["latent"], device, target_margin_db, n, bank, source
@@ -372,4 +430,4 @@ def run_compare(
     caps = {m: preset.step_cap(m) for m in ("rgb", "latent")}
     budgets = {m: preset.budget_steps(m) for m in ("rgb", "latent")}
     converged = summarise_convergence({"rgb": rgb, "latent": latent}, rule, caps, budgets, target_margin_db, n)
-    return {"mode": "convergence", "convergence": converged, **result}
+    return {"mode": "convergence", **timing, "convergence": converged, **result}

@@ -5,6 +5,11 @@ interleaved (:func:`train_interleaved`), so that a change in the machine's load 
 Each run is set up and stepped exactly as ``ns-train`` steps it (training callbacks, then
 ``Trainer.train_iteration``). The clock counts set-up (image decoding and, for a latent method, encoding) and
 training steps; every ``eval_every`` steps the clock stops while all test views are rendered and scored.
+
+Which clock (:data:`Clock`): ``wall`` seconds (what a GPU user waits), or ``cpu``, the process's CPU seconds
+(``time.process_time``, all its threads): on a shared CPU a run's CPU seconds do not grow when another process
+takes a core, so runs made at the same time, or side by side, stay comparable. :func:`default_clock` picks ``cpu``
+on the CPU and ``wall`` on CUDA (where the work is the GPU's, and a CPU clock would miss it).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,6 +27,27 @@ from nerfstudio.engine.callbacks import TrainingCallbackLocation
 from nerfstudio_3dae.accounting import memory_report
 from nerfstudio_3dae.bench.memory import ParameterCounts, parameter_counts
 from nerfstudio_3dae.bench.presets import ComparePreset
+
+Clock = Literal["wall", "cpu"]
+"""What the benchmark clocks read: wall seconds, or the process's CPU seconds."""
+
+CLOCK_NAMES: Dict[str, str] = {"wall": "wall seconds", "cpu": "CPU seconds of the process (all its threads)"}
+"""How compare.json names each clock."""
+
+
+def default_clock(device: str) -> Clock:
+    """``wall`` on a CUDA device, ``cpu`` otherwise (see the module's docstring)."""
+    return "wall" if str(device).startswith("cuda") else "cpu"
+
+
+def read_clock(clock: Clock) -> float:
+    """Seconds on ``clock`` (a reading: only differences mean something)."""
+    if clock == "cpu":
+        return time.process_time()
+    if clock == "wall":
+        return time.perf_counter()
+    raise ValueError(f"--clock: unknown clock {clock!r}; choose 'wall' or 'cpu'")
+
 
 OnEval = Callable[[str, int, float, float], None]
 """Called at every evaluation with (method name, step, seconds on the clock, test PSNR)."""
@@ -57,6 +83,18 @@ class MethodRun:
     """Mean share of occupied occupancy-grid cells over the scenes at the end (None: no grids)."""
 
 
+def method_run_from_dict(figures: Dict) -> MethodRun:
+    """The :class:`MethodRun` that ``dataclasses.asdict`` (through JSON) made ``figures`` of."""
+    counts = figures.get("parameters")
+    return MethodRun(
+        **{
+            **figures,
+            "curve": [tuple(point) for point in figures["curve"]],
+            "parameters": None if counts is None else ParameterCounts(**counts),
+        }
+    )
+
+
 def seed_like_ns_train(seed: int) -> None:
     """What ns-train seeds before a run (each method starts from the same state, whatever ran before it)."""
     random.seed(seed)
@@ -85,8 +123,8 @@ def saved_activation_bytes(step: Callable[[], None]) -> int:
     return sum(seen.values())
 
 
-def render_time(pipeline, size: int, repeats: int) -> float:
-    """Median seconds to render the first test view at ``size``² (after one warm-up render)."""
+def render_time(pipeline, size: int, repeats: int, clock: Clock = "wall") -> float:
+    """Median seconds on ``clock`` to render the first test view at ``size``² (after one warm-up render)."""
     camera, _ = pipeline.datamanager.fixed_indices_eval_dataloader[0]
     camera = camera.flatten()[:1]
     camera.rescale_output_resolution(size / int(camera.width.reshape(-1)[0]))
@@ -96,10 +134,10 @@ def render_time(pipeline, size: int, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         sync(model.device)
-        start = time.perf_counter()
+        start = read_clock(clock)
         model.get_outputs_for_camera(camera)
         sync(model.device)
-        times.append(time.perf_counter() - start)
+        times.append(read_clock(clock) - start)
     model.train()
     return statistics.median(times)
 
@@ -108,18 +146,24 @@ class MeasuredRun:
     """One method config, set up on the clock and trained step by step (:meth:`step`), then :meth:`finish`."""
 
     def __init__(
-        self, config, preset: ComparePreset, on_eval: Optional[OnEval] = None, eval_at: Sequence[int] = ()
+        self,
+        config,
+        preset: ComparePreset,
+        on_eval: Optional[OnEval] = None,
+        eval_at: Sequence[int] = (),
+        clock: Clock = "wall",
     ) -> None:
-        """``eval_at``: step counts evaluated besides every ``eval_every`` and the last."""
-        self.config, self.preset, self.on_eval = config, preset, on_eval
+        """``eval_at``: step counts evaluated besides every ``eval_every`` and the last; ``clock``: what the
+        seconds are."""
+        self.config, self.preset, self.on_eval, self.clock_kind = config, preset, on_eval, clock
         self.eval_at = frozenset(eval_at)
         seed_like_ns_train(config.machine.seed)
-        start = time.perf_counter()
+        start = read_clock(clock)
         self.trainer = config.setup(local_rank=0, world_size=1)
         self.trainer.setup()
         _ = self.trainer.pipeline.datamanager.train_images  # decoded on the clock (nerfstudio decodes lazily)
         sync(self.trainer.device)
-        self.setup_s = time.perf_counter() - start
+        self.setup_s = read_clock(clock) - start
         self.model = self.trainer.pipeline.model
         self.steps: int = config.max_num_iterations
         self.steps_done = 0
@@ -135,7 +179,7 @@ class MeasuredRun:
         trainer, model = self.trainer, self.model
         phase = str(getattr(model, "phase", "rgb"))
         points_before = model.field.points_decoded
-        t0 = time.perf_counter()
+        t0 = read_clock(self.clock_kind)
         for callback in trainer.callbacks:
             callback.run_callback_at_location(step, location=TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
         if step == 0:
@@ -146,7 +190,7 @@ class MeasuredRun:
         for callback in trainer.callbacks:
             callback.run_callback_at_location(step, location=TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
         sync(trainer.device)
-        spent = time.perf_counter() - t0
+        spent = read_clock(self.clock_kind) - t0
         self.points += model.field.points_decoded - points_before
         self.clock += spent
         self.phase_s[phase] = self.phase_s.get(phase, 0.0) + spent
@@ -178,7 +222,7 @@ class MeasuredRun:
             per_scene,
             shared,
             self.activation,
-            render_time(self.trainer.pipeline, self.preset.render_size, self.preset.render_repeats),
+            render_time(self.trainer.pipeline, self.preset.render_size, self.preset.render_repeats, self.clock_kind),
             str(self.trainer.base_dir),
             self.metrics.get("autoencoded_psnr"),
             parameter_counts(model),
@@ -193,11 +237,12 @@ def train_and_measure(
     on_eval: Optional[OnEval] = None,
     stop: Optional[Callable[[List[Tuple[int, float, float, float]]], bool]] = None,
     eval_at: Sequence[int] = (),
+    clock: Clock = "wall",
 ) -> MethodRun:
-    """Set up ``config`` and train it step by step, timing set-up and steps, evaluating every ``eval_every`` (and at
-    the step counts ``eval_at``); with ``stop``, asked after every evaluation with the curve so far, the run ends
-    early when it says so (``max_num_iterations`` is then the cap)."""
-    run = MeasuredRun(config, preset, on_eval, eval_at)
+    """Set up ``config`` and train it step by step, timing set-up and steps on ``clock``, evaluating every
+    ``eval_every`` (and at the step counts ``eval_at``); with ``stop``, asked after every evaluation with the curve
+    so far, the run ends early when it says so (``max_num_iterations`` is then the cap)."""
+    run = MeasuredRun(config, preset, on_eval, eval_at, clock)
     for step in range(run.steps):
         if run.step(step) and stop is not None and stop(run.curve):
             break

@@ -165,13 +165,14 @@ PRESETS: Dict[str, ComparePreset] = {
     # an equal-budget figure, not a plateau (paper50 and --mode convergence train to the plateau)
     "medium": MEDIUM,
     # the paper's views (50 a scene, 10 of them test) at 128², medium's sizes otherwise, in convergence mode: each
-    # method trains medium's equal-budget steps, then on to its plateau or its cap (RGB 1000 steps, latent 2400).
-    # Estimated from medium's measured step costs (RGB ~3.5 s a step after ~12 s during its first 100, a decoded
-    # latent step ~0.5 s, one torch thread on the shared 2-core CPU): ~1 h 40 min with both caps hit, evaluations of
-    # 40 test views included; not yet run. Leaves out the paper's 1000 scenes (4 here, stage 1 on 4 others for 60
-    # steps, not 500 for 20 000), M = 50 bases (10), 48 + 48 samples (16 + 16) and 30 000-step schedules
+    # method trains medium's equal-budget steps, then on to its plateau or its cap (RGB 1200 steps, latent 4000).
+    # Both methods' learning rates decay x0.1 over 3000 steps, after which the latent curve can flatten; a 50-view
+    # run was still rising at RGB 600 / latent 3000 steps (issue 25). Estimated from medium's measured step costs
+    # (RGB ~3.5 s a step, a decoded latent step ~0.5 s, one torch thread): ~2 h of one core per compare with both caps
+    # hit, evaluations of 40 test views included. Leaves out the paper's 1000 scenes (4 here, stage 1 on 4 others for
+    # 60 steps, not 500 for 20 000), M = 50 bases (10), 48 + 48 samples (16 + 16) and 30 000-step schedules
     "paper50": dataclasses.replace(
-        MEDIUM, views_per_scene=50, test_views=10, convergence=True, rgb_step_cap=1000, latent_step_cap=2400
+        MEDIUM, views_per_scene=50, test_views=10, convergence=True, rgb_step_cap=1200, latent_step_cap=4000
     ),
     # the paper's sizes (128², R = 64, 1000 scenes; stage 1 on 500 others): for a GPU
     "paper": ComparePreset(

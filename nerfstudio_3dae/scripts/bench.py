@@ -174,6 +174,12 @@ class Compare:
     """Torch CPU threads (0: torch's default)."""
     seed: int = 0
     """Seed of the generated scenes (stage-1 scenes use seed + 1000)."""
+    clock: Optional[Literal["wall", "cpu"]] = None
+    """What the times are: wall seconds, or cpu: the process's CPU seconds (all its threads), which another process
+    on the same cores does not inflate. Default: cpu on the CPU, wall on CUDA."""
+    resume: bool = False
+    """Read back the stages (stage 1, RGB, latent, ablation) that an earlier compare into the same --output finished
+    with the same settings, and run only the rest: a compare stopped part-way goes on where it was."""
 
     def main(self) -> None:
         import torch
@@ -209,6 +215,8 @@ class Compare:
             downscale_factor=self.downscale_factor,
             ablation=self.ablation,
             preset=preset,
+            clock=self.clock,
+            resume=self.resume,
         )
         for path in write_outputs(result, self.output):
             CONSOLE.print(f"wrote {path}")
