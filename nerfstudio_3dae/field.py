@@ -17,10 +17,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from nerfstudio_3dae.backends import decide_backend
-from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked
+from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked, keep_samples
 from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct
 from nerfstudio_3dae.rendering import render_rays
 from nerfstudio_3dae.transfer import host_to_device
+from nerfstudio_3dae.triplane_query import query_triplanes
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
 
 
@@ -182,11 +183,15 @@ class TriplaneField(nn.Module):
         return lambda points: decode_points(planes, self.mlp, points, True)[0]
 
     def _decode(
-        self, planes: Float[Tensor, "K 3 C R R"], points: Float[Tensor, "K P 3"], count_points: bool
+        self,
+        planes: Float[Tensor, "K 3 C R R"],
+        points: Float[Tensor, "K P 3"],
+        keep: Optional[Tensor],
+        count_points: bool,
     ) -> Tuple[Float[Tensor, "K P 1"], Float[Tensor, "K P c"]]:
         if count_points:  # not in the compiled renderer (its render counts them): a changing attribute would recompile
             self.points_decoded += points.shape[0] * points.shape[1]
-        return decode_points(planes, self.mlp, points, False)
+        return query_triplanes(planes, points, self.mlp, keep)
 
     def _render_rays(
         self,
@@ -202,15 +207,21 @@ class TriplaneField(nn.Module):
         s = self.settings
         k, m = origins.shape[:2]
 
+        grids = self.occupancy
+        cells = None if grids is None else grids.cells(rows)  # [K, G³, 1], unpacked once for both passes
+
         def field_fn(points: Float[Tensor, "R S 3"]) -> Tuple[Tensor, Tensor]:
             num_samples = points.shape[1]  # rays are camera-major: R = K * m
             flat = points.reshape(k, m * num_samples, 3)
-            if self.occupancy is None:
-                density, values = self._decode(planes, flat, count_points)
+            if cells is None:  # the box alone
+                keep = (flat.abs() <= s.scene_bound).all(dim=-1, keepdim=True)
             else:
-                mask = self.occupancy.mask(rows, flat)
-                compact = flat.shape[0] * flat.shape[1] >= s.compact_min_points
-                density, values = decode_masked(lambda p: self._decode(planes, p, count_points), flat, mask, compact)
+                keep = keep_samples(cells, flat, grids.bound, grids.resolution)
+            if cells is not None and flat.shape[0] * flat.shape[1] >= s.compact_min_points:
+                decode = functools.partial(self._decode, planes, keep=None, count_points=count_points)
+                density, values = decode_masked(decode, flat, keep[..., 0] > 0, True)
+            else:  # every sample evaluated, the density of those not kept zeroed (no host read)
+                density, values = self._decode(planes, flat, keep, count_points)
             return density.reshape(k * m, num_samples, 1), values.reshape(k * m, num_samples, -1)
 
         out = render_rays(
@@ -224,6 +235,6 @@ class TriplaneField(nn.Module):
             background=background,
             deterministic=deterministic,
             backend=backend,
-            box_bound=s.scene_bound,
+            box_bound=None,  # field_fn zeroes the density outside the box (and in empty cells)
         )
         return {key: out[key].reshape(k, m, -1) for key in ("features", "depth", "accumulation")}
