@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nerfstudio_3dae.backends import decide_backend
 from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked, keep_samples
-from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct
+from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct, scene_after_scene
 from nerfstudio_3dae.rendering import render_rays
 from nerfstudio_3dae.transfer import host_to_device
 from nerfstudio_3dae.triplane_query import query_triplanes
@@ -96,6 +96,9 @@ class TriplaneField(nn.Module):
         of the batch (:mod:`nerfstudio_3dae.rays`; read from the cameras when not given). ``pixel_shift`` ``[K, 2]``
         moves each camera's rays by that many image pixels (jittered training rays).
 
+        Cameras that come scene after scene, as many of each (a training batch), are rendered as one query per scene
+        (the scene's planes sampled at the points of all its cameras); others as one query per camera.
+
         ``max_rays`` renders in chunks of pixels (all K cameras together) to bound memory; meant for renders without
         gradients. ``checkpoint_rays`` bounds the memory of renders that autograd records (training): the rays are
         rendered in chunks of at most this many, and each chunk keeps only its inputs and outputs for the backward
@@ -114,22 +117,25 @@ class TriplaneField(nn.Module):
         unique, inverse = distinct(rows)
         unique_rows = host_to_device(unique, origins.device)
         scene_planes = self.bank.planes(unique_rows, distinct_sorted=True)  # [U, 3, C, R, R]
-        if list(inverse) == list(range(k)):  # every camera its own scene, in row order
-            planes, camera_rows = scene_planes, unique_rows
-        else:
+        if scene_after_scene(inverse):  # the rays of each scene's cameras, one after the other, are its query
+            planes, query_rows = scene_planes, unique_rows
+        else:  # a query per camera
             camera_of = host_to_device(inverse, origins.device)
-            planes, camera_rows = scene_planes.index_select(0, camera_of), unique_rows.index_select(0, camera_of)
+            planes, query_rows = scene_planes.index_select(0, camera_of), unique_rows.index_select(0, camera_of)
         if self.occupancy is not None and self.training and torch.is_grad_enabled():
             dense = k * n * (self.settings.num_coarse + self.settings.num_fine)
             self.occupancy.train_batch(
                 unique, unique_rows, lambda positions: self._density_fn(scene_planes[positions].detach()), dense
             )
+        g = planes.shape[0]  # queries, and the rays of each
+        rays = k * n // g
+        origins, directions = origins.reshape(g, rays, 3), directions.reshape(g, rays, 3)
         backend = decide_backend(self.settings.backend, origins.device).backend
         recorded = bool(checkpoint_rays) and torch.is_grad_enabled()
         limit = checkpoint_rays if recorded else max_rays
-        step = n if not limit else max(1, limit // k)
+        step = rays if not limit else max(1, limit // g)
         render_chunk = functools.partial(self._render_rays, count_points=True)
-        if recorded and step < n:
+        if recorded and step < rays:
             render_chunk = functools.partial(checkpoint, render_chunk, use_reentrant=False)
         elif self._compiles(backend, k * n):
             render_chunk = self._compiled_renderer(origins.device)
@@ -137,18 +143,21 @@ class TriplaneField(nn.Module):
         chunks = [
             render_chunk(
                 planes,
-                camera_rows,
-                origins[:, i : i + step],
-                directions[:, i : i + step],
+                query_rows,
+                origins if step >= rays else origins[:, i : i + step],
+                directions if step >= rays else directions[:, i : i + step],
                 background,
                 deterministic,
                 backend,
             )
-            for i in range(0, n, step)
+            for i in range(0, rays, step)
         ]
 
-        def image(key: str) -> Tensor:  # chunks of [K, m, c] -> [K, c, h, w]
-            joined = chunks[0][key] if len(chunks) == 1 else torch.cat([c[key] for c in chunks], dim=1)
+        def image(key: str) -> Tensor:  # chunks of [g * m, c] -> [K, c, h, w]
+            if len(chunks) == 1:
+                joined = chunks[0][key]
+            else:
+                joined = torch.cat([c[key].view(g, -1, c[key].shape[-1]) for c in chunks], dim=1)
             return joined.reshape(k, h, w, -1).permute(0, 3, 1, 2)
 
         return {
@@ -204,6 +213,9 @@ class TriplaneField(nn.Module):
         backend: Literal["torch", "nerfacc"],
         count_points: bool = False,
     ) -> Dict[str, Tensor]:
+        """Render ``K`` queries of ``m`` rays each, query ``k`` of the scene of ``planes[k]`` and grid row ``rows[k]``
+        (a query is one camera, or all the cameras of a scene): ``features``, ``depth`` and ``accumulation``
+        ``[K * m, ·]``, query after query."""
         s = self.settings
         k, m = origins.shape[:2]
 
@@ -237,4 +249,4 @@ class TriplaneField(nn.Module):
             backend=backend,
             box_bound=None,  # field_fn zeroes the density outside the box (and in empty cells)
         )
-        return {key: out[key].reshape(k, m, -1) for key in ("features", "depth", "accumulation")}
+        return {key: out[key] for key in ("features", "depth", "accumulation")}  # [K * m, c], rays query-major

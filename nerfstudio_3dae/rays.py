@@ -178,3 +178,13 @@ def distinct(values: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     unique = tuple(sorted(set(values)))
     position = {v: i for i, v in enumerate(unique)}
     return unique, tuple(position[v] for v in values)
+
+
+def scene_after_scene(positions: Sequence[int]) -> bool:
+    """Whether the cameras of a batch come scene after scene, the same number of each: ``positions`` (each camera's
+    scene among the distinct ones, :func:`distinct`) are ``0, …, 0, 1, …, 1, …`` in equal runs."""
+    count = len(positions)
+    scenes = max(positions, default=-1) + 1
+    return (
+        scenes > 0 and count % scenes == 0 and tuple(positions) == tuple(i // (count // scenes) for i in range(count))
+    )
