@@ -129,29 +129,22 @@ class TriplaneField(nn.Module):
             )
         g = planes.shape[0]  # queries, and the rays of each
         rays = k * n // g
-        origins, directions = origins.reshape(g, rays, 3), directions.reshape(g, rays, 3)
         backend = decide_backend(self.settings.backend, origins.device).backend
         recorded = bool(checkpoint_rays) and torch.is_grad_enabled()
         limit = checkpoint_rays if recorded else max_rays
         step = rays if not limit else max(1, limit // g)
+        if step >= rays:  # one chunk: the rays flat, query after query
+            parts = [(origins.reshape(-1, 3), directions.reshape(-1, 3))]
+        else:  # chunks of the rays of every query
+            grouped = [x.reshape(g, rays, 3) for x in (origins, directions)]
+            parts = [tuple(x[:, i : i + step].reshape(-1, 3) for x in grouped) for i in range(0, rays, step)]
         render_chunk = functools.partial(self._render_rays, count_points=True)
         if recorded and step < rays:
             render_chunk = functools.partial(checkpoint, render_chunk, use_reentrant=False)
         elif self._compiles(backend, k * n):
             render_chunk = self._compiled_renderer(origins.device)
             self.points_decoded += k * n * (self.settings.num_coarse + self.settings.num_fine)
-        chunks = [
-            render_chunk(
-                planes,
-                query_rows,
-                origins if step >= rays else origins[:, i : i + step],
-                directions if step >= rays else directions[:, i : i + step],
-                background,
-                deterministic,
-                backend,
-            )
-            for i in range(0, rays, step)
-        ]
+        chunks = [render_chunk(planes, query_rows, o, d, background, deterministic, backend) for o, d in parts]
 
         def image(key: str) -> Tensor:  # chunks of [g * m, c] -> [K, c, h, w]
             if len(chunks) == 1:
@@ -206,18 +199,19 @@ class TriplaneField(nn.Module):
         self,
         planes: Float[Tensor, "K 3 C R R"],
         rows: Int[Tensor, "K"],
-        origins: Float[Tensor, "K m 3"],
-        directions: Float[Tensor, "K m 3"],
+        origins: Float[Tensor, "K*m 3"],
+        directions: Float[Tensor, "K*m 3"],
         background: Float[Tensor, "c"],
         deterministic: bool,
         backend: Literal["torch", "nerfacc"],
         count_points: bool = False,
     ) -> Dict[str, Tensor]:
-        """Render ``K`` queries of ``m`` rays each, query ``k`` of the scene of ``planes[k]`` and grid row ``rows[k]``
-        (a query is one camera, or all the cameras of a scene): ``features``, ``depth`` and ``accumulation``
-        ``[K * m, ·]``, query after query."""
+        """Render ``K`` queries of ``m`` rays each (the rays flat, query after query), query ``k`` of the scene of
+        ``planes[k]`` and grid row ``rows[k]`` (a query is one camera, or all the cameras of a scene): ``features``,
+        ``depth`` and ``accumulation`` ``[K * m, ·]``."""
         s = self.settings
-        k, m = origins.shape[:2]
+        k = planes.shape[0]
+        m = origins.shape[0] // k
 
         grids = self.occupancy
         cells = None if grids is None else grids.cells(rows)  # [K, G³, 1], unpacked once for both passes
@@ -237,8 +231,8 @@ class TriplaneField(nn.Module):
             return density.reshape(k * m, num_samples, 1), values.reshape(k * m, num_samples, -1)
 
         out = render_rays(
-            origins.reshape(-1, 3),
-            directions.reshape(-1, 3),
+            origins,
+            directions,
             field_fn,
             near=s.near,
             far=s.far,
