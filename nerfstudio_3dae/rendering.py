@@ -88,9 +88,16 @@ def _bins_of(
 
 
 def _sample_pdf_torch(
-    t_edges: Float[Tensor, "R B+1"], cdf: Float[Tensor, "R B+1"], num_samples: int, deterministic: bool
+    t_edges: Float[Tensor, "R B+1"],
+    cdf: Float[Tensor, "R B+1"],
+    num_samples: int,
+    deterministic: bool,
+    no_empty_bin: bool = False,
 ) -> Float[Tensor, "R N"]:
-    """Inverse-CDF sampling, the same arithmetic as nerfacc's ``importance_sampling`` kernel."""
+    """Inverse-CDF sampling, the same arithmetic as nerfacc's ``importance_sampling`` kernel. ``no_empty_bin``: the
+    caller vouches that every bin holds a share of the mass far above the cdf's rounding, so no guard against empty
+    bins is needed (a quantile that rounds up to 1.0 then falls at the far end of the last bin, as it does with
+    them)."""
     num_rays = t_edges.shape[0]
     if deterministic:
         u = _quantiles(num_rays, num_samples, cdf.device, cdf.dtype)
@@ -99,6 +106,13 @@ def _sample_pdf_torch(
         u = (_sample_ids(num_samples, cdf.device, cdf.dtype) + offset) / num_samples  # [R, N]
     last = cdf.shape[-1] - 1
     upper = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True)  # cdf[p-1] <= u < cdf[p]
+    if no_empty_bin:  # upper >= 1 (cdf[0] = 0 <= u); upper = last + 1 only where u rounded up to 1.0
+        i1 = upper.clamp_max(last)
+        i0 = i1 - 1
+        u0 = cdf.gather(-1, i0)
+        t0 = t_edges.gather(-1, i0)
+        frac = (u - u0) / (cdf.gather(-1, i1) - u0)
+        return torch.addcmul(t0, frac, t_edges.gather(-1, i1) - t0)
     i0, i1 = (upper - 1).clamp(0, last), upper.clamp(0, last)
     u0, u1 = cdf.gather(-1, i0), cdf.gather(-1, i1)
     t0, t1 = t_edges.gather(-1, i0), t_edges.gather(-1, i1)
@@ -129,15 +143,19 @@ def importance_samples(
     deterministic: bool,
     padding: float = 0.01,
     backend: Backend = "torch",
+    weight_sum_bound: Optional[float] = None,
 ) -> Float[Tensor, "R N"]:
     """Draw points from the piecewise-constant pdf ``weights`` over the bins ``t_edges`` (inverse CDF).
 
     ``padding`` is added to every bin's weight before normalising (keeps some samples everywhere;
     an all-zero ray samples uniformly). The quantiles are ``u_i = (i + o) / N`` with ``o = 0.5``
     when ``deterministic`` and one uniform ``o`` per ray otherwise, so the points come out sorted.
-    No gradient flows through the points.
+    No gradient flows through the points. ``weight_sum_bound``: the caller vouches that the weights
+    are not negative and sum to at most this along a ray (compositing weights: 1), which spares the
+    guards that padding then makes idle.
     """
-    w = _float(weights).clamp_min(0.0) + padding
+    w = _float(weights)
+    w = (w if weight_sum_bound is not None else w.clamp_min(0.0)) + padding
     w_sum = w.sum(dim=-1, keepdim=True)
     if padding * w.shape[-1] < 1e-5:  # otherwise every ray's sum is at least that: nothing to lift
         w = w + torch.relu(1e-5 - w_sum) / w.shape[-1]
@@ -154,7 +172,19 @@ def importance_samples(
             nerfacc.RayIntervals(vals=t_edges.contiguous()), cdf.contiguous(), num_samples, not deterministic
         )
         return samples.vals
-    return _sample_pdf_torch(t_edges, cdf, num_samples, deterministic)
+    no_empty_bin = weight_sum_bound is not None and no_empty_bins(padding, w.shape[-1], weight_sum_bound)
+    return _sample_pdf_torch(t_edges, cdf, num_samples, deterministic, no_empty_bin)
+
+
+MIN_BIN_MASS = 1e-4
+"""A bin's least share of the mass for :func:`_sample_pdf_torch` to skip its guards against empty bins: far above
+the rounding of a float32 cdf."""
+
+
+def no_empty_bins(padding: float, bins: int, weight_sum_bound: float) -> bool:
+    """Whether ``padding`` gives every one of ``bins`` bins at least :data:`MIN_BIN_MASS` of the mass when the weights
+    sum to at most ``weight_sum_bound``: each bin's share is at least ``padding / (bound + bins · padding)``."""
+    return padding > MIN_BIN_MASS * (weight_sum_bound + bins * padding)
 
 
 def _float(x: Tensor) -> Tensor:
@@ -309,7 +339,7 @@ def render_rays(
             else:
                 coarse_w = composite(edges[:, :-1], edges[:, 1:], density.detach(), values.detach(), None, t,
                                      backend)[3]  # fmt: skip
-        t_fine = importance_samples(edges, coarse_w, num_fine, deterministic, histogram_padding, backend)
+        t_fine = importance_samples(edges, coarse_w, num_fine, deterministic, histogram_padding, backend, 1.0)
         t_fine = t_fine if t_fine.dtype == t.dtype else t_fine.to(t.dtype)
         density_f, values_f = _query(field_fn, origins, directions, t_fine, box_bound)
         t, order = torch.sort(torch.cat([t, t_fine], dim=-1), dim=-1)
