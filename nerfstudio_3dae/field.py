@@ -217,7 +217,7 @@ class TriplaneField(nn.Module):
         cells = None if grids is None else grids.cells(rows)  # [K, G³, 1], unpacked once for both passes
 
         def field_fn(points: Float[Tensor, "R S 3"]) -> Tuple[Tensor, Tensor]:
-            num_samples = points.shape[1]  # rays are camera-major: R = K * m
+            num_samples = points.shape[1]  # rays are query-major: R = K * m
             flat = points.reshape(k, m * num_samples, 3)
             if cells is None:  # the box alone
                 keep = (flat.abs() <= s.scene_bound).all(dim=-1, keepdim=True)
