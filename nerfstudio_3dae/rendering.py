@@ -55,7 +55,7 @@ def stratified_samples(
     ``deterministic``, else uniformly jittered inside each bin (independently per sample).
     """
     edges, t, _ = _stratified(num_rays, num_samples, near, far, deterministic, torch.device(device))
-    return edges, t
+    return edges.clone(), t.clone()  # the renderer shares the bins of float bounds (:func:`_bins`); a caller owns these
 
 
 def _stratified(
