@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nerfstudio_3dae.backends import decide_backend
 from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked, keep_samples
-from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct, scene_after_scene
+from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct, scene_runs
 from nerfstudio_3dae.rendering import render_rays
 from nerfstudio_3dae.transfer import host_to_device
 from nerfstudio_3dae.triplane_query import query_triplanes
@@ -97,7 +97,8 @@ class TriplaneField(nn.Module):
         moves each camera's rays by that many image pixels (jittered training rays).
 
         Cameras that come scene after scene, as many of each (a training batch), are rendered as one query per scene
-        (the scene's planes sampled at the points of all its cameras); others as one query per camera.
+        (the scene's planes sampled at the points of all its cameras: no planes copied per camera); others as one
+        query per camera.
 
         ``max_rays`` renders in chunks of pixels (all K cameras together) to bound memory; meant for renders without
         gradients. ``checkpoint_rays`` bounds the memory of renders that autograd records (training): the rays are
@@ -117,8 +118,12 @@ class TriplaneField(nn.Module):
         unique, inverse = distinct(rows)
         unique_rows = host_to_device(unique, origins.device)
         scene_planes = self.bank.planes(unique_rows, distinct_sorted=True)  # [U, 3, C, R, R]
-        if scene_after_scene(inverse):  # the rays of each scene's cameras, one after the other, are its query
+        runs = scene_runs(inverse)
+        if runs == tuple(range(len(unique))):  # the rays of each scene's cameras, one after the other, are its query
             planes, query_rows = scene_planes, unique_rows
+        elif runs is not None:  # the same, the scenes in another order than their rows
+            run_of = host_to_device(runs, origins.device)
+            planes, query_rows = scene_planes.index_select(0, run_of), unique_rows.index_select(0, run_of)
         else:  # a query per camera
             camera_of = host_to_device(inverse, origins.device)
             planes, query_rows = scene_planes.index_select(0, camera_of), unique_rows.index_select(0, camera_of)

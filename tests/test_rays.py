@@ -14,7 +14,7 @@ from nerfstudio_3dae.rays import (
     camera_rays,
     distinct,
     pinhole_rays,
-    scene_after_scene,
+    scene_runs,
 )
 
 
@@ -74,6 +74,7 @@ def test_a_batch_layout_is_attached_or_read_from_the_cameras():
 
 def test_distinct_rows_and_positions():
     assert distinct([4, 2, 4, 2, 7]) == ((2, 4, 7), (1, 0, 1, 0, 2))
-    assert scene_after_scene(distinct([2, 2, 5, 5, 9, 9])[1]) and scene_after_scene((0, 1, 2))
-    assert not scene_after_scene(distinct([2, 5, 2, 5])[1]) and not scene_after_scene((0, 0, 1))
-    assert not scene_after_scene((0, 0, 1, 1, 1, 1)) and not scene_after_scene(())
+    assert scene_runs(distinct([2, 2, 5, 5, 9, 9])[1]) == (0, 1, 2) and scene_runs((0, 1, 2)) == (0, 1, 2)
+    assert scene_runs(distinct([9, 9, 2, 2, 5, 5])[1]) == (2, 0, 1)
+    assert scene_runs(distinct([2, 5, 2, 5])[1]) is None and scene_runs((0, 0, 1)) is None
+    assert scene_runs((0, 0, 1, 1, 1, 1)) is None and scene_runs(()) is None and scene_runs((1, 1, 0, 1)) is None
