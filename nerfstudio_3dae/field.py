@@ -17,10 +17,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from nerfstudio_3dae.backends import decide_backend
-from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked
-from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct
+from nerfstudio_3dae.occupancy import OccupancyGrids, decode_masked, keep_samples
+from nerfstudio_3dae.rays import BatchLayout, batch_layout, camera_rays, distinct, scene_runs
 from nerfstudio_3dae.rendering import render_rays
 from nerfstudio_3dae.transfer import host_to_device
+from nerfstudio_3dae.triplane_query import query_triplanes
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, decode_points
 
 
@@ -95,6 +96,10 @@ class TriplaneField(nn.Module):
         of the batch (:mod:`nerfstudio_3dae.rays`; read from the cameras when not given). ``pixel_shift`` ``[K, 2]``
         moves each camera's rays by that many image pixels (jittered training rays).
 
+        Cameras that come scene after scene, as many of each (a training batch), are rendered as one query per scene
+        (the scene's planes sampled at the points of all its cameras: no planes copied per camera); others as one
+        query per camera.
+
         ``max_rays`` renders in chunks of pixels (all K cameras together) to bound memory; meant for renders without
         gradients. ``checkpoint_rays`` bounds the memory of renders that autograd records (training): the rays are
         rendered in chunks of at most this many, and each chunk keeps only its inputs and outputs for the backward
@@ -113,41 +118,44 @@ class TriplaneField(nn.Module):
         unique, inverse = distinct(rows)
         unique_rows = host_to_device(unique, origins.device)
         scene_planes = self.bank.planes(unique_rows, distinct_sorted=True)  # [U, 3, C, R, R]
-        if list(inverse) == list(range(k)):  # every camera its own scene, in row order
-            planes, camera_rows = scene_planes, unique_rows
-        else:
+        runs = scene_runs(inverse)
+        if runs == tuple(range(len(unique))):  # the rays of each scene's cameras, one after the other, are its query
+            planes, query_rows = scene_planes, unique_rows
+        elif runs is not None:  # the same, the scenes in another order than their rows
+            run_of = host_to_device(runs, origins.device)
+            planes, query_rows = scene_planes.index_select(0, run_of), unique_rows.index_select(0, run_of)
+        else:  # a query per camera
             camera_of = host_to_device(inverse, origins.device)
-            planes, camera_rows = scene_planes.index_select(0, camera_of), unique_rows.index_select(0, camera_of)
+            planes, query_rows = scene_planes.index_select(0, camera_of), unique_rows.index_select(0, camera_of)
         if self.occupancy is not None and self.training and torch.is_grad_enabled():
             dense = k * n * (self.settings.num_coarse + self.settings.num_fine)
             self.occupancy.train_batch(
                 unique, unique_rows, lambda positions: self._density_fn(scene_planes[positions].detach()), dense
             )
+        g = planes.shape[0]  # queries, and the rays of each
+        rays = k * n // g
         backend = decide_backend(self.settings.backend, origins.device).backend
         recorded = bool(checkpoint_rays) and torch.is_grad_enabled()
         limit = checkpoint_rays if recorded else max_rays
-        step = n if not limit else max(1, limit // k)
+        step = rays if not limit else max(1, limit // g)
+        if step >= rays:  # one chunk: the rays flat, query after query
+            parts = [(origins.reshape(-1, 3), directions.reshape(-1, 3))]
+        else:  # chunks of the rays of every query
+            grouped = [x.reshape(g, rays, 3) for x in (origins, directions)]
+            parts = [tuple(x[:, i : i + step].reshape(-1, 3) for x in grouped) for i in range(0, rays, step)]
         render_chunk = functools.partial(self._render_rays, count_points=True)
-        if recorded and step < n:
+        if recorded and step < rays:
             render_chunk = functools.partial(checkpoint, render_chunk, use_reentrant=False)
         elif self._compiles(backend, k * n):
             render_chunk = self._compiled_renderer(origins.device)
             self.points_decoded += k * n * (self.settings.num_coarse + self.settings.num_fine)
-        chunks = [
-            render_chunk(
-                planes,
-                camera_rows,
-                origins[:, i : i + step],
-                directions[:, i : i + step],
-                background,
-                deterministic,
-                backend,
-            )
-            for i in range(0, n, step)
-        ]
+        chunks = [render_chunk(planes, query_rows, o, d, background, deterministic, backend) for o, d in parts]
 
-        def image(key: str) -> Tensor:  # chunks of [K, m, c] -> [K, c, h, w]
-            joined = chunks[0][key] if len(chunks) == 1 else torch.cat([c[key] for c in chunks], dim=1)
+        def image(key: str) -> Tensor:  # chunks of [g * m, c] -> [K, c, h, w]
+            if len(chunks) == 1:
+                joined = chunks[0][key]
+            else:
+                joined = torch.cat([c[key].view(g, -1, c[key].shape[-1]) for c in chunks], dim=1)
             return joined.reshape(k, h, w, -1).permute(0, 3, 1, 2)
 
         return {
@@ -182,40 +190,54 @@ class TriplaneField(nn.Module):
         return lambda points: decode_points(planes, self.mlp, points, True)[0]
 
     def _decode(
-        self, planes: Float[Tensor, "K 3 C R R"], points: Float[Tensor, "K P 3"], count_points: bool
+        self,
+        planes: Float[Tensor, "K 3 C R R"],
+        points: Float[Tensor, "K P 3"],
+        keep: Optional[Tensor],
+        count_points: bool,
     ) -> Tuple[Float[Tensor, "K P 1"], Float[Tensor, "K P c"]]:
         if count_points:  # not in the compiled renderer (its render counts them): a changing attribute would recompile
             self.points_decoded += points.shape[0] * points.shape[1]
-        return decode_points(planes, self.mlp, points, False)
+        return query_triplanes(planes, points, self.mlp, keep)
 
     def _render_rays(
         self,
         planes: Float[Tensor, "K 3 C R R"],
         rows: Int[Tensor, "K"],
-        origins: Float[Tensor, "K m 3"],
-        directions: Float[Tensor, "K m 3"],
+        origins: Float[Tensor, "K*m 3"],
+        directions: Float[Tensor, "K*m 3"],
         background: Float[Tensor, "c"],
         deterministic: bool,
         backend: Literal["torch", "nerfacc"],
         count_points: bool = False,
     ) -> Dict[str, Tensor]:
+        """Render ``K`` queries of ``m`` rays each (the rays flat, query after query), query ``k`` of the scene of
+        ``planes[k]`` and grid row ``rows[k]`` (a query is one camera, or all the cameras of a scene): ``features``,
+        ``depth`` and ``accumulation`` ``[K * m, ·]``."""
         s = self.settings
-        k, m = origins.shape[:2]
+        k = planes.shape[0]
+        m = origins.shape[0] // k
+
+        grids = self.occupancy
+        cells = None if grids is None else grids.cells(rows)  # [K, G³, 1], unpacked once for both passes
 
         def field_fn(points: Float[Tensor, "R S 3"]) -> Tuple[Tensor, Tensor]:
-            num_samples = points.shape[1]  # rays are camera-major: R = K * m
+            num_samples = points.shape[1]  # rays are query-major: R = K * m
             flat = points.reshape(k, m * num_samples, 3)
-            if self.occupancy is None:
-                density, values = self._decode(planes, flat, count_points)
+            if cells is None:  # the box alone
+                keep = (flat.abs() <= s.scene_bound).all(dim=-1, keepdim=True)
             else:
-                mask = self.occupancy.mask(rows, flat)
-                compact = flat.shape[0] * flat.shape[1] >= s.compact_min_points
-                density, values = decode_masked(lambda p: self._decode(planes, p, count_points), flat, mask, compact)
+                keep = keep_samples(cells, flat, grids.bound, grids.resolution)
+            if cells is not None and flat.shape[0] * flat.shape[1] >= s.compact_min_points:
+                decode = functools.partial(self._decode, planes, keep=None, count_points=count_points)
+                density, values = decode_masked(decode, flat, keep[..., 0] > 0, True)
+            else:  # every sample evaluated, the density of those not kept zeroed (no host read)
+                density, values = self._decode(planes, flat, keep, count_points)
             return density.reshape(k * m, num_samples, 1), values.reshape(k * m, num_samples, -1)
 
         out = render_rays(
-            origins.reshape(-1, 3),
-            directions.reshape(-1, 3),
+            origins,
+            directions,
             field_fn,
             near=s.near,
             far=s.far,
@@ -224,6 +246,6 @@ class TriplaneField(nn.Module):
             background=background,
             deterministic=deterministic,
             backend=backend,
-            box_bound=s.scene_bound,
+            box_bound=None,  # field_fn zeroes the density outside the box (and in empty cells)
         )
-        return {key: out[key].reshape(k, m, -1) for key in ("features", "depth", "accumulation")}
+        return {key: out[key] for key in ("features", "depth", "accumulation")}  # [K * m, c], rays query-major

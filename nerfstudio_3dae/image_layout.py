@@ -21,7 +21,7 @@ def to_float(images: Shaped[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
         return images.float() / 255.0
     if not images.is_floating_point():
         raise TypeError(f"expected uint8 images in [0, 255] or floats in [0, 1], got dtype {images.dtype}")
-    return images.float()
+    return images if images.dtype == torch.float32 else images.float()
 
 
 def hwc_to_nchw(images: Shaped[Tensor, "*k H W c"]) -> Shaped[Tensor, "K c H W"]:

@@ -31,6 +31,7 @@ from nerfstudio_3dae.autoencoder_source import bases_beside_autoencoder, load_ba
 from nerfstudio_3dae.image_layout import crop_images, first_to_hwc, hwc_to_nchw, random_crop_corners, shift_images
 from nerfstudio_3dae.metrics import batch_psnr, image_metrics, rgb_metrics
 from nerfstudio_3dae.model import PARAM_GROUP, TriplaneModel, TriplaneModelConfig
+from nerfstudio_3dae.transfer import on_device
 
 Phase = Literal["ae_pretrain", "warmup", "joint", "latent", "finetune"]
 
@@ -292,11 +293,11 @@ class LatentTriplaneModel(TriplaneModel):
         out["rgb"] = self.autoencoder.decode(latents)
         return out
 
-    def target_latents(self, batch, phase: str, image: Tensor) -> Tensor:
+    def target_latents(self, batch, phase: str, image: Optional[Tensor]) -> Tensor:
         """The latents the render is compared with: the cached ones, or (stage 1's joint phase) the encoded
         ``image``, the batch's images as :meth:`batch_images` gives them."""
         if phase in ("warmup", "latent", "finetune") and "latent" in batch:
-            return batch["latent"].to(self.device)
+            return on_device(batch["latent"], self.device)
         if phase in ("warmup", "latent", "finetune"):
             raise RuntimeError(f"phase {phase!r} needs cached latents; the pipeline attaches them to the datamanager")
         return self.autoencoder.encode(image)
@@ -325,7 +326,8 @@ class LatentTriplaneModel(TriplaneModel):
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
         c, phase = self.config, self.active_phase
-        image = self.batch_images(batch)  # once, for every loss that needs it
+        needs_image = phase in ("ae_pretrain", "joint") or "rgb" in outputs
+        image = self.batch_images(batch) if needs_image else None  # once, for the losses that compare with it
         losses: Dict[str, Tensor] = {}
         if phase in ("ae_pretrain", "joint"):
             losses["ae_loss"] = c.ae_weight * F.mse_loss(self.autoencoder(image), image)

@@ -30,6 +30,7 @@ from nerfstudio_3dae.image_layout import first_to_hwc, hwc_to_nchw
 from nerfstudio_3dae.metrics import batch_psnr, rgb_metrics
 from nerfstudio_3dae.occupancy import OccupancyGrids, density_threshold
 from nerfstudio_3dae.rays import BatchLayout, batch_layout
+from nerfstudio_3dae.transfer import on_device
 from nerfstudio_3dae.triplanes import TriplaneBank, TriplaneMLP, tv_loss
 
 allow_nerfstudio_checkpoints()
@@ -304,7 +305,7 @@ class TriplaneModel(Model):
         """A batch's images ``[K, H, W, 3]`` (or one ``[H, W, 3]``) as the renders are laid out, ``[K, 3, H, W]`` on the
         model's device (a view where they already are there): made once per loss or metric computation and passed
         along."""
-        return hwc_to_nchw(batch["image"]).to(self.device)
+        return on_device(hwc_to_nchw(batch["image"]), self.device)
 
     # -------------------------------------------------------------------------------- nerfstudio API
 

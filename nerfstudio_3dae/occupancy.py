@@ -98,6 +98,31 @@ def lookup(
     return inside & (((byte >> (flat & 7)) & 1) > 0)
 
 
+def unpacked_cells(bits: UInt8[Tensor, "K B"], resolution: int) -> Float[Tensor, "K G3 1"]:
+    """Packed grids (:func:`pack_cells`) as 1.0 (occupied) or 0.0 per cell, cell ``c`` at row ``c`` (one lookup of
+    each byte's eight bits in a table)."""
+    cells = F.embedding(bits.long(), _byte_bits(bits.device))  # [K, B, 8]
+    cells = cells.view(bits.shape[0], -1, 1)
+    return cells if cells.shape[1] == resolution**3 else cells[:, : resolution**3]
+
+
+@functools.lru_cache(maxsize=8)
+def _byte_bits(device: torch.device) -> Float[Tensor, "256 8"]:
+    """Row ``b``: the bits of the byte ``b``, lowest first, as floats."""
+    return ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).float().to(device)
+
+
+def keep_samples(
+    cells: Float[Tensor, "K G3 1"], points: Float[Tensor, "K P 3"], bound: float, resolution: int
+) -> Float[Tensor, "K P 1"]:
+    """:func:`lookup` as the factor a sample's density is multiplied by: 1.0 where a point of camera ``k`` lies in an
+    occupied cell of ``cells[k]`` (:func:`unpacked_cells`), else 0.0 (outside the box too)."""
+    inside = (points.abs() <= bound).all(dim=-1, keepdim=True)
+    cell = ((points + bound) * (resolution / (2.0 * bound))).long().clamp(0, resolution - 1)  # [K, P, 3]
+    flat = (cell * _cell_strides(resolution, cell.device)).sum(dim=-1, keepdim=True)  # (i·G + j)·G + k
+    return cells.gather(1, flat) * inside
+
+
 @functools.lru_cache(maxsize=8)
 def _cell_strides(resolution: int, device: torch.device) -> Int[Tensor, "3"]:
     """``(G², G, 1)``: a cell's ``(i, j, k)`` times these, summed, is its entry in the flattened grid (made once per
@@ -213,6 +238,10 @@ class OccupancyGrids(nn.Module):
         """Samples to evaluate: inside the box and in an occupied cell of the camera's scene (until a scene's first
         update, every cell is)."""
         return lookup(self.bits[rows], points, self.bound, self.resolution)
+
+    def cells(self, rows: Int[Tensor, "K"]) -> Float[Tensor, "K G3 1"]:
+        """The grids of ``rows`` unpacked, 1.0 per occupied cell (:func:`keep_samples` looks samples up in them)."""
+        return unpacked_cells(self.bits[rows], self.resolution)
 
     def visit(self, rows: Sequence[int], rows_device: Int[Tensor, "U"]) -> None:
         """Count one training batch for each of the distinct scene rows ``rows`` (host ints; ``rows_device`` the same

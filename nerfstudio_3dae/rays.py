@@ -178,3 +178,16 @@ def distinct(values: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     unique = tuple(sorted(set(values)))
     position = {v: i for i, v in enumerate(unique)}
     return unique, tuple(position[v] for v in values)
+
+
+def scene_runs(positions: Sequence[int]) -> Optional[Tuple[int, ...]]:
+    """Whether the cameras of a batch come scene after scene, the same number of each, every scene once: the scenes'
+    positions (:func:`distinct`) run by run (``(0, 1, …)`` when they come in order), or None."""
+    count, scenes = len(positions), max(positions, default=-1) + 1
+    if scenes == 0 or count % scenes:
+        return None
+    per_run = count // scenes
+    runs = tuple(positions[::per_run])
+    if sorted(runs) != list(range(scenes)) or tuple(positions) != tuple(r for r in runs for _ in range(per_run)):
+        return None
+    return runs

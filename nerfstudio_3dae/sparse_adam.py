@@ -25,9 +25,8 @@ Only tensors and python numbers are stored, so ``torch.load(weights_only=True)``
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 import torch
 from nerfstudio.engine.optimizers import AdamOptimizerConfig, OptimizerConfig
@@ -37,16 +36,13 @@ ROW_STEP = "row_step"
 """State key of the per-row step counts (not ``step``: torch's loader special-cases that key)."""
 
 
-_MARKED: Set[int] = set()
-"""Ids of the live parameters whose gradients :func:`keep_coalesced_mark` watches."""
-
-
 def touched_rows(grad: Tensor) -> Tuple[Tensor, Tensor]:
     """``(rows [k] int64, values [k, *row_shape])`` of a row-sparse or dense gradient.
 
     Sparse COO gradients must have exactly one sparse dimension (the rows); they are coalesced (duplicated rows
-    summed; nothing to do for a gradient marked coalesced, :func:`keep_coalesced_mark`: on a GPU, coalescing reads the
-    new size back). For a dense gradient the rows whose entries are not all zero are returned.
+    summed; nothing to do for a gradient marked coalesced, as the bank's are, :func:`~nerfstudio_3dae.triplanes.
+    sparse_rows`: on a GPU, coalescing reads the new size back). For a dense gradient the rows whose entries are not
+    all zero are returned.
     """
     if grad.is_sparse:
         grad = grad.coalesce()
@@ -59,33 +55,6 @@ def touched_rows(grad: Tensor) -> Tuple[Tensor, Tensor]:
     nonzero = grad.reshape(grad.shape[0], -1).ne(0).any(dim=1)
     rows = nonzero.nonzero().reshape(-1)
     return rows, grad.index_select(0, rows)
-
-
-def keep_coalesced_mark(param: Tensor) -> None:
-    """Keep the "coalesced" mark of ``param``'s sparse gradients. The bank's gathers of distinct rows make coalesced
-    gradients (:func:`~nerfstudio_3dae.triplanes.gather_rows`), but torch's accumulation stores the first gradient of a
-    backward pass as a new sparse tensor without the mark, and coalescing it again would read its size back from the
-    device every step. A hook sees each gradient before it is accumulated; when it is the first since the gradient was
-    cleared and is marked coalesced, the stored one is marked again after (a gradient accumulated onto another keeps
-    torch's mark). Once per parameter; nothing for a parameter that takes no gradient."""
-    if id(param) in _MARKED or not param.requires_grad:
-        return
-    first = [False]
-    owner = weakref.ref(param)
-
-    def before(grad: Tensor) -> None:
-        parameter = owner()
-        first[0] = parameter is not None and parameter.grad is None and grad.is_sparse and grad.is_coalesced()
-
-    def after(parameter: Tensor) -> None:
-        if first[0] and parameter.grad is not None and parameter.grad.is_sparse:
-            parameter.grad._coalesced_(True)
-        first[0] = False
-
-    param.register_hook(before)
-    param.register_post_accumulate_grad_hook(after)
-    _MARKED.add(id(param))
-    weakref.finalize(param, _MARKED.discard, id(param))
 
 
 def converged_step(beta1: float, beta2: float) -> int:
@@ -176,9 +145,6 @@ class RowSparseAdam(torch.optim.Optimizer):
         """The factor table of each parameter group (and dtype and device)."""
         self._step_views: Dict[int, Tuple[Tensor, Tensor]] = {}
         """By parameter id: its row step counts and a ``[N, 1, ...]`` view of them (made once, not saved)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                keep_coalesced_mark(p)
 
     def state_for(self, p: Tensor) -> Dict[str, Tensor]:
         """The state of ``p``, allocated with zeros on first use."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
@@ -47,7 +48,7 @@ def rows_to_device(store: Tensor, indices: Tensor, device: Union[torch.device, s
     had, the copy is an ordinary one."""
     device = torch.device(device)
     if not wants_pinned(store.device, device):
-        return store[indices.to(store.device)].to(device)
+        return on_device(store[on_device(indices, store.device)], device)
     staged = _pinned((len(indices), *store.shape[1:]), store.dtype)
     if staged is None:
         return store[indices].to(device)
@@ -55,9 +56,15 @@ def rows_to_device(store: Tensor, indices: Tensor, device: Union[torch.device, s
     return staged.to(device, non_blocking=True)
 
 
+def on_device(x: Tensor, device: Union[torch.device, str]) -> Tensor:
+    """``x`` on ``device``: ``x`` itself where it is there already (``Tensor.to`` dispatches an operator even
+    then)."""
+    return x if x.device == torch.device(device) else x.to(device)
+
+
 def host_to_device(values: Sequence[int], device: Union[torch.device, str]) -> Tensor:
     """Host ints as an int64 tensor on ``device``, copied as :func:`rows_to_device` copies (no copy on the CPU)."""
-    host = torch.tensor(values, dtype=torch.long)
+    host = torch.from_numpy(np.asarray(values, dtype=np.int64))  # one operator (torch.tensor: four)
     device = torch.device(device)
     if not wants_pinned(host.device, device):
         return host if device.type == "cpu" else host.to(device)

@@ -17,8 +17,9 @@ border, bilinear interpolation blends with the zero padding; points outside ``[-
 features (and :func:`decode_points` then zeroes their density by default).
 """
 
+import functools
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,8 @@ def compose_planes(
     ``concat(micro, macro)`` along the channel axis (micro channels first), ``C = Cmic + Cmac``.
     With ``M = 0`` the macro planes are the bias alone.
     """
-    macro = torch.einsum("sm,mpcij->spcij", weights, bases)  # [S, 3, Cmac, R, R]
-    macro = macro + bias[:, None, None, None, None]
-    return torch.cat([micro, macro], dim=2)
+    macro = torch.addmm(bias[:, None], weights, bases.view(bases.shape[0], -1))  # [S, 3 * Cmac * R * R]
+    return torch.cat([micro, macro.view(weights.shape[0], *bases.shape[1:])], dim=2)
 
 
 def project_to_planes(points: Float[Tensor, "*bs 3"]) -> Float[Tensor, "3 *bs 2"]:
@@ -86,49 +86,64 @@ def inside_box(points: Float[Tensor, "*bs 3"], bound: float = 1.0) -> Bool[Tenso
 
 
 def tv_loss(planes: Float[Tensor, "*bs R R"]) -> Float[Tensor, ""]:
-    """Total variation of planes: mean squared difference of vertical plus of horizontal neighbours."""
-    d_rows = planes[..., 1:, :] - planes[..., :-1, :]
-    d_cols = planes[..., :, 1:] - planes[..., :, :-1]
-    return d_rows.square().mean() + d_cols.square().mean()
+    """Total variation of planes: mean squared difference of vertical plus of horizontal neighbours (one autograd
+    node: :class:`_TotalVariation`)."""
+    return _TotalVariation.apply(planes)
 
 
-class _SparseRowGather(torch.autograd.Function):
-    """``table[ids]`` whose gradient w.r.t. ``table`` is a sparse COO tensor shaped like ``table``.
-
-    The gradient has one sparse dimension (the rows ``ids``, uncoalesced: repeated ids are summed when coalesced)
-    and the rest of ``table``'s dimensions dense: the layout of ``F.embedding(ids, table, sparse=True)``, for a
-    table of any rank (F.embedding takes 2-D tables only, and sparse gradients cannot flow back through a reshape).
-    """
+class _TotalVariation(torch.autograd.Function):
+    """``mean(Δ_rows²) + mean(Δ_cols²)`` with its gradient written out: a texel gets ``2 g / n`` times its difference
+    to each neighbour (``n`` the number of differences of that direction); autograd would record a dozen nodes."""
 
     @staticmethod
-    def forward(ctx, table: Tensor, ids: Tensor, distinct_sorted: bool) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(ids)
-        ctx.table_shape = table.shape
-        ctx.distinct_sorted = distinct_sorted
-        return table.index_select(0, ids)
+    def forward(ctx, planes: Tensor) -> Tensor:  # type: ignore[override]
+        d_rows, d_cols = torch.diff(planes, dim=-2), torch.diff(planes, dim=-1)
+        ctx.save_for_backward(d_rows, d_cols)
+        return d_rows.square().mean() + d_cols.square().mean()
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (ids,) = ctx.saved_tensors
-        # ids passed index_select's bounds check in forward, so the invariant check can be skipped; distinct sorted
-        # ids make a coalesced tensor already (coalescing one on a GPU reads its size back to the host)
-        sparse = torch.sparse_coo_tensor(
-            ids.long()[None],
-            grad.contiguous(),
-            ctx.table_shape,
-            check_invariants=False,
-            is_coalesced=ctx.distinct_sorted,
-        )
-        return sparse, None, None
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        d_rows, d_cols = ctx.saved_tensors
+        # ∂/∂x_i of Σ (x_{i+1} − x_i)² is 2 (d_{i−1} − d_i), with d = 0 beyond the ends: −2 · diff of the padded d
+        rows = torch.diff(F.pad(d_rows, (0, 0, 1, 1)), dim=-2)
+        cols = torch.diff(F.pad(d_cols, (1, 1)), dim=-1)
+        return torch.addcmul(rows * (grad * (-2.0 / d_rows.numel())), cols, grad * (-2.0 / d_cols.numel()))
 
 
 def gather_rows(table: Tensor, ids: Int[Tensor, "S"], sparse: bool, distinct_sorted: bool = False) -> Tensor:
     """``table[ids]``; with ``sparse`` the gradient w.r.t. ``table`` is a row-sparse COO tensor (O(S) work)
-    instead of a dense tensor of the whole table (O(rows of the table)). ``distinct_sorted``: the caller vouches that
-    ``ids`` are distinct and increasing, so the gradient is marked coalesced."""
+    instead of a dense tensor of the whole table (O(rows of the table)): :func:`sparse_rows`."""
     if not sparse or not table.requires_grad or not torch.is_grad_enabled():
         return table.index_select(0, ids)
-    return _SparseRowGather.apply(table, ids, distinct_sorted)
+    return sparse_rows((table,), ids, distinct_sorted)[0]
+
+
+def sparse_rows(tables: Sequence[Tensor], ids: Int[Tensor, "S"], distinct_sorted: bool = False) -> List[Tensor]:
+    """``table[ids]`` of each table, as a leaf of the autograd graph: once a backward pass has accumulated the leaf's
+    gradient, it becomes the table's row-sparse COO gradient (one sparse dimension, the rows ``ids``; the rest of
+    the table's dimensions dense: the layout of ``F.embedding(ids, table, sparse=True)``), added to the gradient the
+    table already has, as torch accumulates. ``distinct_sorted``: the caller vouches that ``ids`` are distinct and
+    increasing, so the gradient is marked coalesced (coalescing one on a GPU reads its size back to the host).
+
+    The tables themselves are not in the graph: ``backward()`` fills their ``.grad``, ``torch.autograd.grad`` cannot
+    be asked for them. A gather that autograd records and a sparse gradient that autograd accumulates dispatch some
+    fifteen operators a table; this, three."""
+    index = ids[None] if ids.dtype == torch.long else ids.long()[None]
+    rows = []
+    for table in tables:
+        with torch.no_grad():
+            leaf = table.index_select(0, ids)
+        leaf.requires_grad_()
+        leaf.register_post_accumulate_grad_hook(functools.partial(_to_table, table, index, distinct_sorted))
+        rows.append(leaf)
+    return rows
+
+
+def _to_table(table: Tensor, index: Int[Tensor, "1 S"], coalesced: bool, leaf: Tensor) -> None:
+    """The gradient of the rows ``leaf`` (gathered at ``index``) as ``table``'s sparse gradient, accumulated."""
+    grad = torch.ops.aten._sparse_coo_tensor_unsafe(index, leaf.grad, table.shape, is_coalesced=coalesced)
+    leaf.grad = None
+    table.grad = grad if table.grad is None else table.grad + grad
 
 
 def widened_sigmoid(x: Tensor, eps: float = WIDENED_SIGMOID_EPS) -> Tensor:
@@ -208,12 +223,14 @@ class TriplaneBank(nn.Module):
     def planes(self, scene_ids: Int[Tensor, "S"], distinct_sorted: bool = False) -> Float[Tensor, "S 3 C R R"]:
         """Composed Tri-Planes of the given scenes only (gradients reach only their rows; sparse ones with
         ``sparse``, marked coalesced when the caller vouches that ``scene_ids`` are ``distinct_sorted``)."""
-        micro = gather_rows(self.micro, scene_ids, self.sparse, distinct_sorted)  # [S, 3, Cmic, R, R]
+        tables = (self.micro,) if self.num_bases == 0 else (self.micro, self.weights, self.bias)
+        if self.sparse and torch.is_grad_enabled() and all(t.requires_grad for t in tables):
+            rows = sparse_rows(tables, scene_ids, distinct_sorted)
+        else:
+            rows = [table.index_select(0, scene_ids) for table in tables]
         if self.num_bases == 0:
-            return micro
-        weights = gather_rows(self.weights, scene_ids, self.sparse, distinct_sorted)  # [S, M]
-        bias = gather_rows(self.bias, scene_ids, self.sparse, distinct_sorted)  # [S]
-        return compose_planes(micro, weights, bias, self.bases)
+            return rows[0]  # [S, 3, Cmic, R, R]
+        return compose_planes(*rows, self.bases)
 
     def forward(self, scene_ids: Int[Tensor, "S"]) -> Float[Tensor, "S 3 C R R"]:
         return self.planes(scene_ids)

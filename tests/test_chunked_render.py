@@ -34,10 +34,14 @@ def tiny_field(seed: int = 0, samples: int = 8) -> TriplaneField:
     return TriplaneField(bank, mlp, RenderSettings(0.5, 2.1, samples, samples, 1.0, "torch"))
 
 
-def loss_and_grads(field: TriplaneField, deterministic: bool, seed: int = 3, **chunking):
-    cameras, ids = ring_cameras(4, 12), torch.tensor([0, 1, 0, 1])
+def loss_and_grads(field: TriplaneField, deterministic: bool, seed: int = 3, order=(0, 1, 2, 3), **chunking):
+    """A step's loss and gradients; ``order``: the cameras of the ring in this order, the scene of camera ``i`` is
+    ``i % 2`` (the images are put back in ring order before the loss)."""
+    order = torch.tensor(order)
+    cameras, ids = ring_cameras(4, 12)[order], order % 2
     torch.manual_seed(seed)  # the random samples of the step
     out = field.render(cameras, ids, 1, torch.ones(3), deterministic, **chunking)
+    out = {key: out[key][torch.argsort(order)] for key in ("features", "depth")}
     target = torch.linspace(0, 1, out["features"].numel()).reshape(out["features"].shape)
     loss = (out["features"] - target).square().mean() + out["depth"].mean() * 1e-2
     field.zero_grad()
@@ -56,6 +60,16 @@ def test_chunked_training_render_has_the_gradients_of_one_graph() -> None:
     field = tiny_field()
     # 4 cameras x 144 rays; chunks of 100 rays (25 per camera) do not divide the image: a ragged last chunk
     assert_same(loss_and_grads(field, True), loss_and_grads(field, True, checkpoint_rays=100))
+
+
+def test_a_scenes_cameras_rendered_as_one_query_give_the_images_and_gradients_of_one_query_each() -> None:
+    """Cameras that come scene after scene are rendered as one query per scene (no planes copied per camera), in one
+    graph or in chunks: the same as the same cameras in another order, a query per camera."""
+    field = tiny_field()
+    per_camera = loss_and_grads(field, True)
+    for grouped in ((0, 2, 1, 3), (1, 3, 0, 2)):  # scenes 0, 0, 1, 1 and 1, 1, 0, 0
+        assert_same(loss_and_grads(field, True, order=grouped), per_camera)
+        assert_same(loss_and_grads(field, True, order=grouped, checkpoint_rays=100), per_camera)
 
 
 def test_checkpointed_chunks_replay_their_random_samples() -> None:

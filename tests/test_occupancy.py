@@ -13,10 +13,12 @@ from nerfstudio_3dae.occupancy import (
     compact,
     decode_masked,
     density_threshold,
+    keep_samples,
     lookup,
     occupied_cells,
     pack_cells,
     unpack_cells,
+    unpacked_cells,
 )
 from nerfstudio_3dae.rendering import render_rays
 
@@ -39,6 +41,22 @@ def test_cell_points_and_lookup_agree_on_the_cell_layout() -> None:
     grid[0, 1, 2, 3] = True
     points = torch.tensor([[[-0.3, 0.2, 0.9], [-0.3, 0.2, 0.4], [-0.3, 0.2, 1.2]]])  # in, next cell, outside
     assert lookup(pack_cells(grid), points, 1.0, 4).tolist() == [[True, False, False]]
+
+
+@pytest.mark.parametrize("resolution", [4, 5])
+def test_keep_samples_is_the_lookup_as_a_factor(resolution: int) -> None:
+    """The unpacked grids (a byte table) and the float lookup the renderer multiplies densities by agree with
+    :func:`lookup`, the box's faces and points outside it included (125 cells: a padded last byte)."""
+    torch.manual_seed(4)
+    grids = torch.rand(3, resolution, resolution, resolution) > 0.5
+    cells = unpacked_cells(pack_cells(grids), resolution)
+    assert cells.shape == (3, resolution**3, 1) and torch.equal(cells[..., 0].bool(), grids.reshape(3, -1))
+    points = torch.rand(3, 500, 3) * 2.6 - 1.3
+    points[:, :6] = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.5, 0.5], [0.2, 1.0, -1.0], [0.0, 0.0, 1.0000001]] * 2)[:6]
+    expected = lookup(pack_cells(grids), points, 1.0, resolution)
+    keep = keep_samples(cells, points, 1.0, resolution)
+    assert keep.dtype == torch.float32 and torch.equal(keep[..., 0], expected.float())
+    assert 0 < expected.float().mean() < 1
 
 
 def test_packed_cells_round_trip() -> None:

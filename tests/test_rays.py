@@ -7,7 +7,15 @@ import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 
 from nerfstudio_3dae.data.dataparser import SCENE_ID
-from nerfstudio_3dae.rays import BATCH_LAYOUT, BatchLayout, batch_layout, camera_rays, distinct, pinhole_rays
+from nerfstudio_3dae.rays import (
+    BATCH_LAYOUT,
+    BatchLayout,
+    batch_layout,
+    camera_rays,
+    distinct,
+    pinhole_rays,
+    scene_runs,
+)
 
 
 def random_cameras(count: int, height: int, width: int, **extra) -> Cameras:
@@ -66,3 +74,7 @@ def test_a_batch_layout_is_attached_or_read_from_the_cameras():
 
 def test_distinct_rows_and_positions():
     assert distinct([4, 2, 4, 2, 7]) == ((2, 4, 7), (1, 0, 1, 0, 2))
+    assert scene_runs(distinct([2, 2, 5, 5, 9, 9])[1]) == (0, 1, 2) and scene_runs((0, 1, 2)) == (0, 1, 2)
+    assert scene_runs(distinct([9, 9, 2, 2, 5, 5])[1]) == (2, 0, 1)
+    assert scene_runs(distinct([2, 5, 2, 5])[1]) is None and scene_runs((0, 0, 1)) is None
+    assert scene_runs((0, 0, 1, 1, 1, 1)) is None and scene_runs(()) is None and scene_runs((1, 1, 0, 1)) is None

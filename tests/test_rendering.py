@@ -14,6 +14,7 @@ from nerfstudio_3dae.rendering import (
     composite,
     importance_samples,
     interval_bounds,
+    no_empty_bins,
     render_rays,
     stratified_samples,
 )
@@ -110,6 +111,26 @@ def test_importance_samples_concentrate_on_weights() -> None:
     # all-zero weights sample uniformly; deterministic quantiles (i + 0.5) / N
     t = importance_samples(edges, torch.zeros(4, 16), 8, True, padding=0.0)
     torch.testing.assert_close(t, 0.5 + 1.6 * (torch.arange(8.0) + 0.5).expand(4, 8) / 8)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_importance_samples_of_compositing_weights_skip_the_idle_guards(deterministic: bool) -> None:
+    """Weights that sum to at most 1 (compositing's, empty rays and opaque ones included) with the default padding:
+    the samples drawn without the guards against negative weights and empty bins are the guarded ones; with too
+    little padding the guards stay (an all-zero ray still samples uniformly)."""
+    torch.manual_seed(5)
+    edges, _ = stratified_samples(6, 16, 0.5, 2.1, deterministic=True)
+    weights = torch.rand(6, 16) * (torch.rand(6, 16) > 0.5)
+    weights = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-6) * torch.tensor([[1.0], [0.5], [0.0]] * 2)
+    samples = []
+    for bound in (None, 1.0):
+        torch.manual_seed(6)
+        samples.append(importance_samples(edges, weights, 24, deterministic, 0.01, weight_sum_bound=bound))
+    torch.testing.assert_close(samples[1], samples[0], atol=1e-6, rtol=0)
+    uniform = importance_samples(edges, torch.zeros(6, 16), 8, True, padding=0.0, weight_sum_bound=1.0)
+    torch.testing.assert_close(uniform, 0.5 + 1.6 * (torch.arange(8.0) + 0.5).expand(6, 8) / 8)
+    assert no_empty_bins(0.01, 48, 1.0) and not no_empty_bins(0.0, 48, 1.0) and not no_empty_bins(1e-7, 48, 1.0)
+    assert not no_empty_bins(0.01, 48, 1e4)  # weights that may sum to far more leave a padded bin too little
 
 
 def test_sample_pdf_hand_example() -> None:

@@ -319,9 +319,10 @@ def test_tabulated_factors_are_the_per_row_arithmetic_at_any_step_count(betas) -
 
 
 def test_the_banks_gradients_stay_marked_coalesced_and_are_not_coalesced_again() -> None:
-    """torch's gradient accumulation drops the coalesced mark of the bank's sparse gradients; the optimiser's hooks
-    restore it, so that its step never coalesces (on a GPU coalescing reads the size back: a host sync per step).
-    Gradients of two backward passes before a step are summed, as before."""
+    """The bank hands its tables sparse gradients marked coalesced (its rows are gathered as leaves of the graph,
+    :func:`~nerfstudio_3dae.triplanes.sparse_rows`: torch's accumulation, which drops the mark, never sees them), so
+    the optimiser's step never coalesces (on a GPU coalescing reads the size back: a host sync per step). Gradients of
+    two backward passes before a step are summed, as torch sums them."""
     bank = _bank(6, sparse=True)
     opt = RowSparseAdam([bank.micro, bank.weights, bank.bias], lr=1e-2)
     ids = torch.tensor([1, 4])
