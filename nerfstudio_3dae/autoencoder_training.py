@@ -10,6 +10,10 @@ CPU tensors: a run started on a GPU resumes on the CPU and vice versa; a full di
 error that says so: :mod:`nerfstudio_3dae.checkpoints`),
 logs one JSON line per log step and evaluation, and exports a ``save_pretrained`` folder whose latent normaliser is
 set from the latents' spread. The 3D-aware joint phase that follows is ``ns-train 3dae-autoencoder`` on the export.
+
+The same loop polishes an autoencoder after that joint phase: ``--start-from`` its export with ``--train-part
+decoder`` trains the decoder alone to reconstruct, the encoder frozen and its normaliser kept, so the latent space
+(and every tri-plane fitted in it) does not change while ``D(E(x))`` recovers what the joint phase cost it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +32,14 @@ import torch
 from jaxtyping import Float, UInt8
 from torch import Tensor
 
-from nerfstudio_3dae.autoencoder import LatentAutoencoder, NormaliserConfig, build_autoencoder, kl_autoencoder_config
+from nerfstudio_3dae.autoencoder import (
+    LatentAutoencoder,
+    NormaliserConfig,
+    build_autoencoder,
+    is_encoder_tensor,
+    kl_autoencoder_config,
+)
+from nerfstudio_3dae.autoencoder_source import bases_beside_autoencoder, resolve_autoencoder
 from nerfstudio_3dae.checkpoints import atomic_save, load_checkpoint_file
 from nerfstudio_3dae.image_layout import to_float
 from nerfstudio_3dae.metrics import psnr_per_image
@@ -126,6 +138,14 @@ class AutoencoderTrainingConfig:
     device: str = "auto"
     """Where the model, each step's crops and the optimiser state live: auto (CUDA when torch.cuda.is_available(),
     else the CPU), cpu, cuda or cuda:N. The export and state.pt hold CPU tensors: they load and resume anywhere."""
+    start_from: Optional[str] = None
+    """Start from this autoencoder instead of fresh weights: 'embedded', a diffusers folder, or a 3dae-autoencoder
+    run (or its autoencoder/ export). Its architecture replaces the block, layer, group, attention and channel
+    options; its normaliser is kept in the export (not refitted) and a bases.pt beside it is copied along."""
+    train_part: Literal["all", "decoder"] = "all"
+    """What learns: 'all' (encoder and decoder), or 'decoder' (needs ``start_from``): the encoder is frozen, so the
+    latents, the latent space made 3D-aware by the joint phase, and any tri-plane fitted in it stay exactly as they
+    were, while the decoder learns to reconstruct again (the polish after the joint phase, docs/autoencoder.md)."""
 
 
 # ----------------------------------------------------------------------------------------------- corpus
@@ -304,16 +324,26 @@ class _Run:
     def __init__(self, c: AutoencoderTrainingConfig, out: Path, device: torch.device) -> None:
         self.c, self.out, self.device = c, out, device
         self.batch_size = resolve_batch_size(c.batch_size, device)
-        config = kl_autoencoder_config(
-            c.block_out_channels,
-            c.latent_channels,
-            c.layers_per_block,
-            c.norm_groups,
-            c.mid_attention,
-            sample_size=c.resolution,
-        )
-        self.ae = build_autoencoder(config, "kl", seed=c.seed).to(device)
-        self.opt = torch.optim.Adam(self.ae.model.parameters(), lr=c.lr)
+        if c.start_from is not None:
+            self.ae = resolve_autoencoder(c.start_from).to(device)
+        else:
+            config = kl_autoencoder_config(
+                c.block_out_channels,
+                c.latent_channels,
+                c.layers_per_block,
+                c.norm_groups,
+                c.mid_attention,
+                sample_size=c.resolution,
+            )
+            self.ae = build_autoencoder(config, "kl", seed=c.seed).to(device)
+        if self.ae.factor > 1 and c.crop % self.ae.factor:
+            raise ValueError(f"--crop {c.crop} is not a multiple of the autoencoder factor {self.ae.factor}")
+        learning = []
+        for name, param in self.ae.model.named_parameters():
+            param.requires_grad_(c.train_part == "all" or not is_encoder_tensor(name))
+            if param.requires_grad:
+                learning.append(param)
+        self.opt = torch.optim.Adam(learning, lr=c.lr)
         self.step, self.elapsed, self.rng = 0, 0.0, np.random.default_rng(c.seed)
 
     @property
@@ -355,9 +385,15 @@ class _Run:
         ae.train()
         for g in self.opt.param_groups:
             g["lr"] = _lr_at(self.step, c)
-        z = ae.encode_raw(x)
-        err = ae.decode_raw(z) - x
-        loss = (err**2).mean() + c.latent_penalty * (z**2).mean()
+        if c.train_part == "decoder":
+            with torch.no_grad():
+                z = ae.encode_raw(x)
+            err = ae.decode_raw(z) - x
+            loss = (err**2).mean()  # mean(z²) is a constant: the encoder does not learn
+        else:
+            z = ae.encode_raw(x)
+            err = ae.decode_raw(z) - x
+            loss = (err**2).mean() + c.latent_penalty * (z**2).mean()
         if c.chroma_weight > 0:
             loss = loss + c.chroma_weight * ((err - err.mean(1, keepdim=True)) ** 2).mean()
         self.opt.zero_grad(set_to_none=True)
@@ -370,10 +406,12 @@ class _Run:
 def _prepare(c: AutoencoderTrainingConfig) -> Tuple[Path, torch.device]:
     """Check the options, set the threads, write the run folder's config.json; the folder and the device."""
     factor = 2 ** (len(c.block_out_channels) - 1)
-    if c.crop % factor:
+    if c.start_from is None and c.crop % factor:
         raise ValueError(f"--crop {c.crop} is not a multiple of the autoencoder factor {factor}")
     if not corpus_parts(c)[0] or c.holdout_cars < 1:
         raise ValueError("the corpus needs scenes (--cars/--chairs/--tables) and --holdout-cars >= 1")
+    if c.train_part == "decoder" and c.start_from is None:
+        raise ValueError("--train-part decoder polishes a trained autoencoder: name it with --start-from")
     device = resolve_device(c.device)
     resolve_batch_size(c.batch_size, device)
     torch.set_num_threads(c.threads)
@@ -439,11 +477,16 @@ def _train_loop(run: _Run, train: np.ndarray, held: Tensor, log: Callable[[str],
 
 
 def _export(run: _Run, held: Tensor, log: Callable[[str], None]) -> Path:
-    """Fit the normaliser, measure the held-out views, save the ``save_pretrained`` folder with CPU tensors."""
-    ae = run.ae
-    ae.normaliser = fitted_normaliser(ae, held)
+    """Fit the normaliser (kept as it was with ``--start-from``), measure the held-out views, save the
+    ``save_pretrained`` folder with CPU tensors (and the start's bases.pt beside it)."""
+    ae, c = run.ae, run.c
+    if c.start_from is None:
+        ae.normaliser = fitted_normaliser(ae, held)
     psnr = reconstruction_psnr(ae, held)
     export = ae.to("cpu").save(run.out / EXPORT_DIR)  # CPU tensors: a folder made on a GPU loads anywhere
+    bases = bases_beside_autoencoder(c.start_from) if c.start_from is not None else None
+    if bases is not None:
+        shutil.copy2(bases, export / bases.name)
     final = {"step": run.step, "minutes": run.elapsed / 60, "final_holdout_psnr": psnr}
     final["normaliser"] = ae.normaliser.to_dict()
     with (run.out / LOG_FILE).open("a") as logfile:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from nerfstudio_3dae import autoencoder_training
-from nerfstudio_3dae.autoencoder import load_autoencoder
-from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER
+from nerfstudio_3dae.autoencoder import NormaliserConfig, is_encoder_tensor, load_autoencoder
+from nerfstudio_3dae.autoencoder_source import BASES_FILE, EMBEDDED_AUTOENCODER
 from nerfstudio_3dae.autoencoder_training import (
     AutoencoderTrainingConfig,
     load_state,
@@ -201,3 +201,30 @@ def test_embedded_autoencoder_reconstructs_unseen_generated_views(tmp_path: Path
     psnr = reconstruction_psnr(ae, images)
     print(f"embedded D(E(x)) on 18 unseen 128² views: {psnr:.2f} dB")
     assert psnr >= EMBEDDED_FLOOR_DB
+
+
+def test_decoder_polish_keeps_the_latent_space_and_recovers_reconstruction(tmp_path: Path, one_thread):
+    corpus = tmp_path / "corpus"
+    start = load_autoencoder(train_autoencoder(_tiny(tmp_path / "start", corpus, 40), log=lambda s: None))
+    # as after a joint phase: the decoder no longer reconstructs well, the encoder (the latent space) is what counts
+    with torch.no_grad():
+        for name, param in start.model.named_parameters():
+            if not is_encoder_tensor(name):
+                param.add_(0.05 * torch.randn_like(param))
+    start.normaliser = NormaliserConfig(kind="tanh", scale=0.37)  # not what a refit would give
+    folder = start.save(tmp_path / "joint" / "autoencoder")
+    torch.save(torch.randn(2, 3), folder / BASES_FILE)
+    held = torch.from_numpy(np.load(corpus / "holdout" / "images.npy")).permute(0, 3, 1, 2)
+    before = reconstruction_psnr(start, held)
+
+    polish = _tiny(tmp_path / "polish", corpus, 40, start_from=str(folder), train_part="decoder")
+    polish.block_out_channels, polish.latent_channels = (4, 4, 4), 2  # ignored: the start's architecture is used
+    polished = load_autoencoder(train_autoencoder(polish, log=lambda s: None))
+    assert reconstruction_psnr(polished, held) > before + 1.0, "the decoder did not learn to reconstruct again"
+    assert polished.encoder_identity == start.encoder_identity, "the encoder (the latent space) changed"
+    assert polished.identity != start.identity
+    assert polished.normaliser == start.normaliser, "the start's normaliser is kept, not refitted"
+    assert torch.equal(torch.load(tmp_path / "polish" / "autoencoder" / BASES_FILE), torch.load(folder / BASES_FILE))
+
+    with pytest.raises(ValueError, match="--start-from"):
+        train_autoencoder(_tiny(tmp_path / "bad", corpus, 2, train_part="decoder"), log=lambda s: None)
