@@ -251,13 +251,27 @@ def test_the_plateau_rule_on_synthetic_curves():
     for short in (_curve([20.0]), _curve([20.0, 30.0]), _curve([20.0] * 4)):  # 1, 1 and 1 evaluation(s) in the window
         verdict = plateau(short, rule)
         assert not verdict.plateaued and verdict.gain_db is None and verdict.verdict.startswith("too short to tell")
-    assert plateau(_curve([20.0] * 10), rule).plateaued, "10 evaluations: 2 in the last 20 %"
-    assert not plateau(_curve([20.0] * 10), PlateauRule(window_fraction=0.1)).plateaued, "1 in the last 10 %"
+    fraction_only = PlateauRule(min_window_steps=0)
+    assert plateau(_curve([20.0] * 10), fraction_only).plateaued, "10 evaluations: 2 in the last 20 %"
+    assert not plateau(_curve([20.0] * 10), PlateauRule(0.1, 0.1, 0)).plateaued, "1 in the last 10 %"
+
+    # the minimum window: RGB on real chairs (paper50, 2026-12-08) was called plateaued at step 400 by its last 20 %
+    # (80 steps: 20.79 and 20.94 dB after 21.03 at step 300); the last 200 steps hold 4 evaluations and +0.49 dB
+    chairs = _curve([14.23, 17.46, 19.68, 20.53, 20.76, 21.03, 20.79, 20.94])
+    assert plateau(chairs, fraction_only).plateaued, "the old rule: plateaued over steps 320-400"
+    early = plateau(chairs, rule)
+    assert not early.plateaued and early.window_start == 200 and early.gain_db == pytest.approx(0.5)
+    assert early.verdict == "still rising: +0.50 dB over the last window (steps 200–400)"
+    long_flat = plateau(_curve([20 + 0.5 * i for i in range(8)] + [23.5 + 0.03 * (-1) ** i for i in range(32)]), rule)
+    assert long_flat.plateaued and long_flat.window_start == 1600, "2000 steps: 20 % (400) is over the minimum"
+    assert "or the last 200 steps if that is more" in rule.statement()
 
     with pytest.raises(ValueError, match="--plateau-window must be in"):
         PlateauRule(window_fraction=1.0)
     with pytest.raises(ValueError, match="--plateau-min-gain-db must be > 0"):
         PlateauRule(min_gain_db=0.0)
+    with pytest.raises(ValueError, match="--plateau-min-window-steps must be >= 0"):
+        PlateauRule(min_window_steps=-1)
     with pytest.raises(ValueError, match="increasing step order"):
         plateau([(100, 1.0, 20.0, 0.5), (50, 2.0, 21.0, 0.5)], rule)
     with pytest.raises(ValueError, match="at least one evaluation"):
@@ -420,6 +434,9 @@ def test_a_tiny_compare_in_convergence_mode(tmp_path: Path, one_thread):
         resolve_preset("tiny", "convergence", rgb_step_cap=8)
     with pytest.raises(ValueError, match="--plateau-window must be in"):
         resolve_preset("tiny", plateau_window=1.5)
+    with pytest.raises(ValueError, match="--plateau-min-window-steps must be >= 0"):
+        resolve_preset("tiny", plateau_min_window_steps=-1)
+    assert resolve_preset("paper50").plateau_rule().min_window_steps == 200
     with pytest.raises(ValueError, match="--preset: unknown preset 'huge'"):
         resolve_preset("huge")
     assert not resolve_preset("paper50", "equal-budget").convergence and resolve_preset("paper50").convergence

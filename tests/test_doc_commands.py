@@ -356,7 +356,8 @@ def test_the_convergence_compare_of_benchmarks_md_runs_at_tiny_size(tmp_path):
         result = json.loads((work / command.argv[command.argv.index("--output") + 1] / "compare.json").read_text())
         converged, settings = result["convergence"], result["settings"]
         assert result["mode"] == "convergence" and result["preset"] == "tiny"
-        rule = PlateauRule(settings["plateau_window"], settings["plateau_min_gain_db"])
+        rule = PlateauRule(settings["plateau_window"], settings["plateau_min_gain_db"],
+                           settings["plateau_min_window_steps"])  # fmt: skip
         for name in ("rgb", "latent"):
             verdict, curve = converged[name], converged["curves"][name]
             assert verdict["plateaued"] == plateau(curve, rule).plateaued
