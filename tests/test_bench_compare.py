@@ -4,6 +4,7 @@ plots), its refusals, and its arithmetic (the paper's effective-memory accountin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Dict
@@ -250,13 +251,27 @@ def test_the_plateau_rule_on_synthetic_curves():
     for short in (_curve([20.0]), _curve([20.0, 30.0]), _curve([20.0] * 4)):  # 1, 1 and 1 evaluation(s) in the window
         verdict = plateau(short, rule)
         assert not verdict.plateaued and verdict.gain_db is None and verdict.verdict.startswith("too short to tell")
-    assert plateau(_curve([20.0] * 10), rule).plateaued, "10 evaluations: 2 in the last 20 %"
-    assert not plateau(_curve([20.0] * 10), PlateauRule(window_fraction=0.1)).plateaued, "1 in the last 10 %"
+    fraction_only = PlateauRule(min_window_steps=0)
+    assert plateau(_curve([20.0] * 10), fraction_only).plateaued, "10 evaluations: 2 in the last 20 %"
+    assert not plateau(_curve([20.0] * 10), PlateauRule(0.1, 0.1, 0)).plateaued, "1 in the last 10 %"
+
+    # the minimum window: RGB on real chairs (paper50, 2026-12-08) was called plateaued at step 400 by its last 20 %
+    # (80 steps: 20.79 and 20.94 dB after 21.03 at step 300); the last 200 steps hold 4 evaluations and +0.49 dB
+    chairs = _curve([14.23, 17.46, 19.68, 20.53, 20.76, 21.03, 20.79, 20.94])
+    assert plateau(chairs, fraction_only).plateaued, "the old rule: plateaued over steps 320-400"
+    early = plateau(chairs, rule)
+    assert not early.plateaued and early.window_start == 200 and early.gain_db == pytest.approx(0.5)
+    assert early.verdict == "still rising: +0.50 dB over the last window (steps 200–400)"
+    long_flat = plateau(_curve([20 + 0.5 * i for i in range(8)] + [23.5 + 0.03 * (-1) ** i for i in range(32)]), rule)
+    assert long_flat.plateaued and long_flat.window_start == 1600, "2000 steps: 20 % (400) is over the minimum"
+    assert "or the last 200 steps if that is more" in rule.statement()
 
     with pytest.raises(ValueError, match="--plateau-window must be in"):
         PlateauRule(window_fraction=1.0)
     with pytest.raises(ValueError, match="--plateau-min-gain-db must be > 0"):
         PlateauRule(min_gain_db=0.0)
+    with pytest.raises(ValueError, match="--plateau-min-window-steps must be >= 0"):
+        PlateauRule(min_window_steps=-1)
     with pytest.raises(ValueError, match="increasing step order"):
         plateau([(100, 1.0, 20.0, 0.5), (50, 2.0, 21.0, 0.5)], rule)
     with pytest.raises(ValueError, match="at least one evaluation"):
@@ -307,6 +322,57 @@ def test_convergence_figures_from_the_curves_and_a_latent_run_that_never_gets_th
         in table
     )
     assert "not reached: 3dae-latent never reached" in markdown_table({**result, "convergence": missed})
+
+
+def test_resume_reruns_the_stages_when_the_autoencoder_or_the_data_changed(tiny_dataset, tmp_path, monkeypatch):
+    """--resume keys a finished stage by the contents of the autoencoder and of the data, not only by their names:
+    nothing changed, every stage is read back; new weights under the same file name, an edited transforms.json or a
+    rewritten image, every stage runs again. (Training is replaced by recorders: the key is what is tested.)"""
+    import nerfstudio_3dae.bench.compare as compare_module
+    from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER, RUN_EXPORT
+    from nerfstudio_3dae.bench.fingerprint import autoencoder_fingerprint
+
+    data, ran = tiny_dataset(num_scenes=4), []
+    autoencoder = tmp_path / "ae"
+    autoencoder.mkdir()
+    (autoencoder / "config.json").write_text("{}")
+    (autoencoder / "diffusion_pytorch_model.safetensors").write_bytes(b"weights, first version")
+
+    def stage1(preset, selection, runs, source, ae_weight=None, clock="wall"):
+        ran.append("stage1")
+        (runs / "stage1" / RUN_EXPORT).mkdir(parents=True, exist_ok=True)
+        (runs / "stage1" / RUN_EXPORT / "config.json").write_text("{}")
+        return runs / "stage1", 1.0
+
+    def train(config, preset, on_eval, *args, **kwargs):
+        ran.append(config.experiment_name)
+        return MethodRun([(8, 1.0, 20.0, 0.5), (16, 2.0, 21.0, 0.6)], 0.1, {}, 100, 10, 5.0, 0.01, "run")
+
+    monkeypatch.setattr(compare_module, "run_stage1", stage1)
+    monkeypatch.setattr(compare_module, "train_and_measure", train)
+
+    def compare() -> list:
+        ran.clear()
+        run_compare("tiny", tmp_path / "out", autoencoder=str(autoencoder), data=data, stage1_scenes="0:2",
+                    scenes="2:4", resume=True, log=lambda line: None)  # fmt: skip
+        return list(ran)
+
+    everything = ["stage1", "rgb", "latent"]
+    assert compare() == everything and compare() == [], "nothing changed: every stage is read back"
+    (autoencoder / "diffusion_pytorch_model.safetensors").write_bytes(b"weights, second version")
+    assert compare() == everything and compare() == [], "the autoencoder's weights changed under the same name"
+    transforms = data / "obj_003" / "transforms.json"
+    meta = json.loads(transforms.read_text())
+    meta["frames"][0]["transform_matrix"][0][3] += 0.01  # one camera moved
+    transforms.write_text(json.dumps(meta))
+    assert compare() == everything and compare() == [], "a compared scene's transforms.json changed"
+    os.utime(data / "obj_000" / "images" / "0001.png", ns=(1, 1))
+    assert compare() == everything, "a stage-1 image was rewritten (its modification time changed)"
+    # the embedded autoencoder is fingerprinted by its files; a run folder by its export
+    assert autoencoder_fingerprint("embedded") == autoencoder_fingerprint(str(EMBEDDED_AUTOENCODER))
+    assert autoencoder_fingerprint(str(tmp_path / "out" / "runs" / "stage1")) == autoencoder_fingerprint(
+        str(tmp_path / "out" / "runs" / "stage1" / RUN_EXPORT)
+    )
 
 
 def test_a_tiny_compare_in_convergence_mode(tmp_path: Path, one_thread):
@@ -368,6 +434,9 @@ def test_a_tiny_compare_in_convergence_mode(tmp_path: Path, one_thread):
         resolve_preset("tiny", "convergence", rgb_step_cap=8)
     with pytest.raises(ValueError, match="--plateau-window must be in"):
         resolve_preset("tiny", plateau_window=1.5)
+    with pytest.raises(ValueError, match="--plateau-min-window-steps must be >= 0"):
+        resolve_preset("tiny", plateau_min_window_steps=-1)
+    assert resolve_preset("paper50").plateau_rule().min_window_steps == 200
     with pytest.raises(ValueError, match="--preset: unknown preset 'huge'"):
         resolve_preset("huge")
     assert not resolve_preset("paper50", "equal-budget").convergence and resolve_preset("paper50").convergence

@@ -159,6 +159,8 @@ def tiny(command: DocCommand) -> DocCommand:
             _set(argv, "--preset", "tiny")
         if argv[1] == "compare":
             _set(argv, "--threads", "1")
+            if "paper50" in command.argv:  # paper50 is a convergence compare; tiny's own mode is the equal budget
+                _set(argv, "--mode", "convergence")
         if argv[1] == "skipping":
             for option, value in SKIPPING_STEPS.items():
                 _set(argv, option, value)
@@ -274,6 +276,33 @@ def _assert_eval_beats_the_background(results: Dict, data: Path) -> None:
     assert 0 < results["ssim"] <= 1
 
 
+def _assert_convergence_compares(commands: List[DocCommand], work: Path) -> None:
+    """The convergence-mode compare commands of docs/benchmarks.md (``--preset paper50`` or ``--mode convergence``),
+    run at the tiny size in convergence mode by the test below (:func:`tiny` gives paper50's mode to its tiny stand-in,
+    whose own mode is the equal budget): each wrote a compare.json whose per-method verdicts are the plateau rule's
+    on its recorded curves, and a run stopped either on a plateau after its equal budget or at its cap."""
+    from nerfstudio_3dae.bench.plateau import PlateauRule, plateau
+
+    commands = [c for c in commands if c.where.startswith("docs/benchmarks.md") and c.argv[:2] == ["ns-3dae-bench",
+                "compare"] and "convergence" in c.argv and "--data" not in c.argv]  # fmt: skip
+    assert len(commands) >= 2, "benchmarks.md shows paper50 and --mode convergence (each once at the tiny size)"
+    for command in commands:
+        result = json.loads((work / command.argv[command.argv.index("--output") + 1] / "compare.json").read_text())
+        converged, settings = result["convergence"], result["settings"]
+        assert result["mode"] == "convergence" and result["preset"] == "tiny"
+        rule = PlateauRule(settings["plateau_window"], settings["plateau_min_gain_db"],
+                           settings["plateau_min_window_steps"])  # fmt: skip
+        for name in ("rgb", "latent"):
+            verdict, curve = converged[name], converged["curves"][name]
+            assert verdict["plateaued"] == plateau(curve, rule).plateaued
+            assert verdict["last_step"] == curve[-1][0] <= verdict["step_cap"] == 4 * settings[f"{name}_steps"]
+            if verdict["plateaued"]:
+                assert curve[-1][0] >= settings[f"{name}_steps"], "a plateau ends a run after its equal budget only"
+            else:
+                assert verdict["cap_hit"] and "NOT plateaued" in (work / command.argv[command.argv.index(
+                    "--output") + 1] / "compare.md").read_text()  # fmt: skip
+
+
 def test_every_documented_command_runs_on_tiny_data(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -303,6 +332,7 @@ def test_every_documented_command_runs_on_tiny_data(tmp_path):
     assert (work / "outputs" / "cars" / "3dae-autoencoder" / "run" / "autoencoder" / "bases.pt").is_file()
     results = json.loads((work / "metrics.json").read_text())["results"]
     _assert_eval_beats_the_background(results, work / "data" / "cars")
+    _assert_convergence_compares(unique, work)
 
 
 def test_the_dataparser_is_a_subcommand_that_keeps_each_methods_defaults():
@@ -327,42 +357,3 @@ def test_the_dataparser_is_a_subcommand_that_keeps_each_methods_defaults():
     assert (latent.pipeline.model.micro_channels, latent.pipeline.model.macro_channels) == (10, 22)
     plain = parse("3dae-autoencoder", "--data", "d")
     assert plain.pipeline.datamanager.dataparser.scenes == ":", "the subcommand may be left out"
-
-
-def test_the_convergence_compare_of_benchmarks_md_runs_at_tiny_size(tmp_path):
-    """The convergence-mode compare commands of docs/benchmarks.md (``--preset paper50`` or ``--mode convergence``),
-    run at the tiny size in convergence mode (tiny's own mode is the equal budget): each writes a compare.json whose
-    per-method verdicts are the plateau rule's on its recorded curves, and a run stopped either on a plateau after its
-    equal budget or at its cap."""
-    from nerfstudio_3dae.bench.plateau import PlateauRule, plateau
-
-    # those on a --data dataset need the workspace of test_every_documented_command_runs_on_tiny_data, which runs them
-    docs = [c for c in collect() if c.where.startswith("docs/benchmarks.md") and c.argv[:2] == ["ns-3dae-bench",
-            "compare"] and ("paper50" in c.argv or "convergence" in c.argv) and "--data" not in c.argv]  # fmt: skip
-    assert len(docs) >= 2, "benchmarks.md shows paper50 and --mode convergence"
-    commands, seen = [], set()
-    for command in docs:  # both are the same command at the tiny size: run it once
-        command = tiny(command)
-        _set(command.argv, "--mode", "convergence")
-        key = tuple(sorted(w for i, w in enumerate(command.argv) if command.argv[i - 1 : i] != ["--output"]))
-        if key not in seen:
-            commands.append(command)
-        seen.add(key)
-    work = tmp_path / "work"
-    work.mkdir()
-    failures = _run_batch(commands, work, tool_env(one_thread=True, bin_on_path=True), tmp_path)
-    assert not failures, "\n\n".join(failures)
-    for command in commands:
-        result = json.loads((work / command.argv[command.argv.index("--output") + 1] / "compare.json").read_text())
-        converged, settings = result["convergence"], result["settings"]
-        assert result["mode"] == "convergence" and result["preset"] == "tiny"
-        rule = PlateauRule(settings["plateau_window"], settings["plateau_min_gain_db"])
-        for name in ("rgb", "latent"):
-            verdict, curve = converged[name], converged["curves"][name]
-            assert verdict["plateaued"] == plateau(curve, rule).plateaued
-            assert verdict["last_step"] == curve[-1][0] <= verdict["step_cap"] == 4 * settings[f"{name}_steps"]
-            if verdict["plateaued"]:
-                assert curve[-1][0] >= settings[f"{name}_steps"], "a plateau ends a run after its equal budget only"
-            else:
-                assert verdict["cap_hit"] and "NOT plateaued" in (work / command.argv[command.argv.index(
-                    "--output") + 1] / "compare.md").read_text()  # fmt: skip

@@ -1,11 +1,16 @@
-"""nerfstudio's tools on a tiny trained 3dae run: ns-eval (every space, per scene), ns-render (every mode, per scene),
-outputs at any resolution, the viewer's scene picker."""
+"""nerfstudio's tools on a tiny trained 3dae run: ns-eval (every space, per scene), ns-render (every mode, per scene;
+run in one process, as test_doc_commands runs the docs' commands), outputs at any resolution, the viewer's scene
+picker."""
 
 from __future__ import annotations
 
 import json
 import math
+import shlex
 import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
@@ -96,40 +101,47 @@ def test_ns_eval_reports_every_space_and_every_scene(trained, tmp_path):
     assert grid.shape[0] > 2 * first.height  # a row per scene (two scenes)
 
 
+def run_in_one_process(commands: List[Tuple[list, Dict[str, str]]], scratch: Path) -> None:
+    """Run tool commands (argv, extra environment) one after another in one Python process (tests/doc_runner.py:
+    nerfstudio's imports, most of a tiny render's time, paid once); each must exit with 0."""
+    spec, results_file = scratch / "commands.json", scratch / "results.json"
+    spec.write_text(json.dumps([{"argv": [str(a) for a in argv], "env": env} for argv, env in commands]))
+    runner = [sys.executable, str(Path(__file__).with_name("doc_runner.py")), str(spec), str(results_file)]
+    proc = subprocess.run(runner, cwd=scratch, env=tool_env(bin_on_path=True), capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    results = json.loads(results_file.read_text()) if results_file.exists() else []
+    log = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0 and len(results) == len(commands), f"stopped after {len(results)} commands:\n{log}"
+    for result in results:
+        assert result["code"] == 0, f"{shlex.join(result['argv'])} failed:\n{result['output'][-3000:]}\n{log}"
+
+
 def test_ns_render_modes_and_scene_choice(trained, tmp_path):
     path = {"camera_type": "perspective", "render_height": 40, "render_width": 56, "seconds": 1, "fps": 3,
             "camera_path": [{"camera_to_world": look_at_c2w(np.array([1.3 * math.cos(a), 1.3 * math.sin(a), 0.6]))
                              .ravel().tolist(), "fov": 50, "aspect": 56 / 40} for a in (0.0, 0.5, 1.0)]}  # fmt: skip
     (tmp_path / "path.json").write_text(json.dumps(path))
+    scenes = ("car_0000", "car_0001")
+    camera_path = [(["ns-render", "camera-path", "--load-config", trained, "--camera-path-filename",
+                     tmp_path / "path.json", "--output-path", tmp_path / scene, "--output-format", "images"],
+                    {"NS3DAE_SCENE": scene}) for scene in scenes]  # fmt: skip
+    run_in_one_process(camera_path + [
+        (["ns-render", "interpolate", "--load-config", trained, "--output-path", tmp_path / "interp.mp4",
+          "--interpolation-steps", 2, "--frame-rate", 4], {}),
+        (["ns-3dae-render", "spiral", "--load-config", trained, "--output-path", tmp_path / "spiral.mp4",
+          "--scenes", "0:2", "--seconds", 1, "--frame-rate", 3], {}),
+        (["ns-render", "dataset", "--load-config", trained, "--output-path", tmp_path / "ds", "--split", "test",
+          "--rendered-output-names", "rgb", "depth"], {}),
+    ], tmp_path)  # fmt: skip
     images = {}
-    for scene in ("car_0000", "car_0001"):
-        run(
-            "ns-render",
-            "camera-path",
-            "--load-config",
-            trained,
-            "--camera-path-filename",
-            tmp_path / "path.json",
-            "--output-path",
-            tmp_path / scene,
-            "--output-format",
-            "images",
-            env_extra={"NS3DAE_SCENE": scene},
-        )
+    for scene in scenes:
         (first,) = sorted((tmp_path / scene).glob("00000.*"))
         images[scene] = np.asarray(Image.open(first))
         assert images[scene].shape[:2] == (40, 56), "any width x height, not only multiples of 8"
     assert np.abs(images["car_0000"].astype(int) - images["car_0001"].astype(int)).mean() > 0.5
-
-    run("ns-render", "interpolate", "--load-config", trained, "--output-path", tmp_path / "interp.mp4",
-        "--interpolation-steps", 2, "--frame-rate", 4)  # fmt: skip
     assert len(frames(tmp_path / "interp.mp4")) >= 2
-    run("ns-3dae-render", "spiral", "--load-config", trained, "--output-path", tmp_path / "spiral.mp4",
-        "--scenes", "0:2", "--seconds", 1, "--frame-rate", 3)  # fmt: skip
-    for scene in ("car_0000", "car_0001"):
+    for scene in scenes:
         assert len(frames(tmp_path / f"spiral_{scene}.mp4")) == 3
-    run("ns-render", "dataset", "--load-config", trained, "--output-path", tmp_path / "ds", "--split", "test",
-        "--rendered-output-names", "rgb", "depth")  # fmt: skip
     rendered = sorted(p.relative_to(tmp_path / "ds") for p in (tmp_path / "ds").rglob("*.jpg"))
     assert len(rendered) == 8 and any("car_0001" in str(p) for p in rendered)
 

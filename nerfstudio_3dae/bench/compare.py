@@ -34,7 +34,9 @@ curves at the equal-budget steps.
 The seconds are those of ``clock`` (:mod:`nerfstudio_3dae.bench.measure`: the process's CPU seconds on the CPU, wall
 seconds on CUDA, by default). Each finished stage (stage 1, RGB, latent, ablation) writes its figures to
 ``runs/<stage>.measured.json``; with ``resume`` a stage whose file is there, made with the same settings, is not run
-again, so a compare stopped part-way (a session's end, a crash) goes on at the stage it was in.
+again, so a compare stopped part-way (a session's end, a crash) goes on at the stage it was in. The settings hold
+fingerprints of the autoencoder's files and of the data (:mod:`nerfstudio_3dae.bench.fingerprint`), so new weights
+or an edited dataset under the same names run the stages again.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import torch
 
 from nerfstudio_3dae.autoencoder_source import RUN_EXPORT
 from nerfstudio_3dae.bench.convergence import budget_prefix, stop_at_plateau, summarise_convergence
+from nerfstudio_3dae.bench.fingerprint import compare_fingerprints
 from nerfstudio_3dae.bench.measure import (
     CLOCK_NAMES,
     Clock,
@@ -238,6 +241,8 @@ class ComparedScenes:
     num_compared: int
     source: Optional[Dict]
     """Where they came from (None: generated)."""
+    indices: Tuple[int, ...] = ()
+    """The positions in ``scenes.json`` of both selections (with ``data``; empty for generated scenes)."""
 
 
 def prepare_scenes(
@@ -260,6 +265,7 @@ def prepare_scenes(
             len(first),
             len(second),
             source,
+            tuple(sorted(set(first) | set(second))),
         )
     if stage1_scenes or scenes:
         raise DatasetError(
@@ -310,13 +316,16 @@ Mode = Literal["convergence", "equal-budget"]
 
 def resumable(path: Path, settings: Dict, resume: bool, log: Callable[[str], None], make: Callable[[], Dict]) -> Dict:
     """The figures of one stage of a compare: read from ``path`` when ``resume`` and it was written with the same
-    ``settings`` (logged), else made by ``make`` and written there (atomically: a crash leaves no half file)."""
+    ``settings`` (logged), else made by ``make`` and written there (atomically: a crash leaves no half file). The
+    log names the settings that differ (``fingerprints``: the autoencoder's or the data's contents changed)."""
     if resume and path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("settings") == settings:
+        before = saved.get("settings") or {}
+        if before == settings:
             log(f"  resumed: {path} (finished earlier with the same settings)")
             return saved["figures"]
-        log(f"  {path} was made with other settings: running this stage again")
+        changed = ", ".join(sorted(k for k in {*before, *settings} if before.get(k) != settings.get(k)))
+        log(f"  {path} was made with other settings ({changed}): running this stage again")
     figures = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
@@ -382,7 +391,8 @@ def run_compare(
     compared, n1, n, source = chosen.compared, chosen.num_stage1, chosen.num_compared, chosen.source
     runs = output / "runs"
     settings = {"preset": asdict(preset), "source": source or {"data": "generated", "seed": seed},
-                "autoencoder": autoencoder, "clock": clock, "device": device_type}  # fmt: skip
+                "autoencoder": autoencoder, "clock": clock, "device": device_type,
+                "fingerprints": compare_fingerprints(autoencoder, data, chosen.indices)}  # fmt: skip
 
     def stage(name: str, make: Callable[[], MethodRun]) -> MethodRun:
         figures = resumable(runs / f"{name}.measured.json", settings, resume, log, lambda: asdict(make()))

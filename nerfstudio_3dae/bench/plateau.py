@@ -1,7 +1,9 @@
 """The plateau rule of ``ns-3dae-bench compare``: has a test-PSNR curve stopped rising?
 
-The rule, stated (:func:`plateau`): after ``S`` training steps the *window* is the last ``window_fraction`` of them,
-the evaluations at steps > (1 − ``window_fraction``) · S. The curve has **plateaued** when its best PSNR rose by less
+The rule, stated (:func:`plateau`): after ``S`` training steps the *window* is the last ``W`` = max(``window_fraction``
+· S, ``min_window_steps``) of them, the evaluations at steps > S − W. The minimum keeps the rule from judging a short
+run on a few noisy evaluations (at 400 steps, 20 % is 80 steps: two evaluations 50 steps apart, which a curve
+wobbling by ±0.2 dB passes as flat). The curve has **plateaued** when its best PSNR rose by less
 than ``min_gain_db`` over the window: best PSNR of all evaluations − best PSNR of those before the window
 < ``min_gain_db``. Telling needs at least one evaluation before the window and :data:`MIN_WINDOW_EVALS` inside it
 (one lucky or unlucky evaluation must not decide); a shorter curve is *too short to tell*, which counts as not
@@ -33,20 +35,28 @@ class PlateauRule:
     min_gain_db: float = 0.1
     """Plateaued when the best PSNR rose by less than this (dB) over the window; also the tolerance within which the
     plateau PSNR counts as reached."""
+    min_window_steps: int = 200
+    """The window is at least this many steps (0: the fraction alone)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.window_fraction < 1.0:
             raise ValueError(f"--plateau-window must be in (0, 1), got {self.window_fraction}")
         if not self.min_gain_db > 0.0:
             raise ValueError(f"--plateau-min-gain-db must be > 0 dB, got {self.min_gain_db}")
+        if not self.min_window_steps >= 0:
+            raise ValueError(f"--plateau-min-window-steps must be >= 0, got {self.min_window_steps}")
+
+    def window_start(self, last_step: int) -> float:
+        """The window after ``last_step`` steps holds the evaluations at steps above this."""
+        return last_step - max(self.window_fraction * last_step, float(self.min_window_steps))
 
     def statement(self) -> str:
         """The rule in one sentence, with its parameters."""
         return (
             f"plateaued when the best test PSNR rose by less than {self.min_gain_db:g} dB over the last "
-            f"{100 * self.window_fraction:g} % of the steps trained (at least {MIN_WINDOW_EVALS} evaluations in "
-            f"that window and one before it); the plateau PSNR is the best, reached at the first evaluation within "
-            f"{self.min_gain_db:g} dB of it"
+            f"{100 * self.window_fraction:g} % of the steps trained, or the last {self.min_window_steps} steps if "
+            f"that is more (at least {MIN_WINDOW_EVALS} evaluations in that window and one before it); the plateau "
+            f"PSNR is the best, reached at the first evaluation within {self.min_gain_db:g} dB of it"
         )
 
 
@@ -84,7 +94,7 @@ def plateau(curve: Curve, rule: PlateauRule) -> Plateau:
     best = max(psnrs)
     first = next(i for i, p in enumerate(psnrs) if p >= best - rule.min_gain_db)
     last = steps[-1]
-    start = (1.0 - rule.window_fraction) * last
+    start = rule.window_start(last)
     before = [p for s, p in zip(steps, psnrs, strict=True) if s <= start]
     inside = [p for s, p in zip(steps, psnrs, strict=True) if s > start]
     span = f"steps {start:.0f}–{last}"

@@ -69,6 +69,8 @@ class ComparePreset:
     """The plateau rule's window: the last fraction of the steps trained so far."""
     plateau_min_gain_db: float = 0.1
     """The plateau rule: plateaued when the best test PSNR rose by less than this over the window (dB)."""
+    plateau_min_window_steps: int = 200
+    """The plateau rule's window is at least this many steps (0: the fraction alone)."""
 
     def batch_for(self, method_name: str) -> int:
         """Scenes per step of the method ``method_name`` (a registered 3dae method)."""
@@ -86,7 +88,7 @@ class ComparePreset:
 
     def plateau_rule(self) -> PlateauRule:
         """The plateau rule with this preset's parameters."""
-        return PlateauRule(self.plateau_window, self.plateau_min_gain_db)
+        return PlateauRule(self.plateau_window, self.plateau_min_gain_db, self.plateau_min_window_steps)
 
     def check_convergence(self) -> None:
         """Errors naming the option for a convergence set-up that cannot run (a cap under the equal-budget steps,
@@ -140,6 +142,7 @@ PRESETS: Dict[str, ComparePreset] = {
         eval_every=8,
         render_size=32,
         render_repeats=2,
+        plateau_min_window_steps=8,  # one evaluation: its runs are 16-64 steps
     ),
     # about 15 minutes on a 2-core CPU
     "small": ComparePreset(

@@ -139,8 +139,9 @@ class Compare:
     estimated)."""
     mode: Optional[Literal["convergence", "equal-budget"]] = None
     """convergence: each method trains its equal-budget steps, then on until its test PSNR plateaus (the rule of
-    --plateau-window and --plateau-min-gain-db, checked at every evaluation) or its step cap; equal-budget: the
-    preset's steps only. Default: the preset's (convergence for paper50, equal-budget for the others)."""
+    --plateau-window, --plateau-min-window-steps and --plateau-min-gain-db, checked at every evaluation) or its step
+    cap; equal-budget: the preset's steps only. Default: the preset's (convergence for paper50, equal-budget for the
+    others)."""
     rgb_step_cap: Optional[int] = None
     """Convergence mode: most steps of 3dae-rgb (default: the preset's; 4 × its equal-budget steps if it names none)."""
     latent_step_cap: Optional[int] = None
@@ -148,6 +149,9 @@ class Compare:
     plateau_window: Optional[float] = None
     """The plateau rule's window, a fraction of the steps trained so far (default: the preset's, 0.2: the last
     20 %)."""
+    plateau_min_window_steps: Optional[int] = None
+    """The plateau rule's window is at least this many steps: the window is the larger of --plateau-window's fraction
+    and this (default: the preset's, 200; tiny: 8; 0: the fraction alone)."""
     plateau_min_gain_db: Optional[float] = None
     """The plateau rule: a curve has plateaued when its best test PSNR rose by less than this over the window, with
     at least 2 evaluations in the window and 1 before it; its plateau is reached at the first evaluation within this
@@ -191,6 +195,7 @@ class Compare:
             preset = resolve_preset(
                 self.preset, self.mode, rgb_step_cap=self.rgb_step_cap, latent_step_cap=self.latent_step_cap,
                 plateau_window=self.plateau_window, plateau_min_gain_db=self.plateau_min_gain_db,
+                plateau_min_window_steps=self.plateau_min_window_steps,
             )  # fmt: skip
         except ValueError as err:
             CONSOLE.print(f"[bold red]error:[/bold red] {err}")
