@@ -2,13 +2,14 @@
 # The embedded-autoencoder recipe (scripts/make_embedded_autoencoder.sh) at GPU sizes, in about 7 minutes on one
 # H200 with 16 cores: 1000 generated scenes x 16 views at 128² (16 generator workers), 5300 autoencoder-only steps of
 # 32 64² crops (the last 440 on 8 whole images), the 3dae-autoencoder joint phase (100 cars x 24 views, 1200 steps,
-# 800 of them warm-up). Nothing is copied into the package. Ends with the held-out D(E(x)) figures.
+# 800 of them warm-up), the decoder polish (1500 steps, encoder frozen). Nothing is copied into the package. Ends with
+# the held-out D(E(x)) figures.
 #
 #   bash scripts/gpu_recipe.sh OUTDIR               # needs CUDA; stops at once without it
 #   bash scripts/gpu_recipe.sh OUTDIR --cpu-smoke   # every step on the CPU at the smallest sizes (under a minute)
 #
 # OUTDIR gets at most 7 files: recipe.log (everything printed), ae-log.jsonl (step 1's log), summary.json, the final
-# (3D-aware) export autoencoder/ (3 files, 11 MB) and the autoencoder-only export as ae-only-autoencoder.tar (11 MB).
+# (3D-aware, polished) export autoencoder/ (3 files, 11 MB) and the autoencoder-only export as ae-only-autoencoder.tar (11 MB).
 # The work folder (corpus, checkpoints, runs: thousands of files) is WORK, by default ${TMPDIR:-/tmp}/gpu_recipe-work
 # (-smoke): outside OUTDIR; the same WORK resumes a stopped run. On a GPU machine without a registry, install first:
 #   source .whl/install.sh .whl      (../shared/gpu-run.md)
@@ -40,6 +41,7 @@ fi
 if [ "$MODE" = gpu ]; then
   export DEVICE=cuda BATCH=auto AE_STEPS=5300 FULL_STEPS=440 JOINT_STEPS=1200 WARMUP_STEPS=800 THREADS=4
   export JOINT_SCENES=100 JOINT_VIEWS=24 JOINT_TEST_VIEWS=4 RESOLUTION=128 AE_ARGS="--save-every 500" JOINT_ARGS=""
+  export POLISH_STEPS=1500 POLISH_ARGS=""
 else
   export DEVICE=cpu BATCH=4 AE_STEPS=4 FULL_STEPS=1 JOINT_STEPS=4 WARMUP_STEPS=2 THREADS=1 WORKERS=1 OMP_NUM_THREADS=1
   export JOINT_SCENES=2 JOINT_VIEWS=4 JOINT_TEST_VIEWS=1 RESOLUTION=32
@@ -47,6 +49,9 @@ else
 --warmup-steps 1 --eval-every 2 --log-every 2"
   export JOINT_ARGS="--pipeline.model.resolution 8 --pipeline.model.num-coarse-samples 4 \
 --pipeline.model.num-fine-samples 4 --steps-per-eval-image 1000 --steps-per-eval-all-images 1000 --logging.steps-per-log 2"
+  export POLISH_STEPS=2 POLISH_CARS=2 POLISH_CHAIRS=1 POLISH_TABLES=0
+  export POLISH_ARGS="--holdout-cars 1 --views-per-scene 2 --holdout-views 2 --crop 16 --warmup-steps 1 --eval-every 2 \
+--log-every 2"
 fi
 export WORK="${WORK:-${TMPDIR:-/tmp}/gpu_recipe-work$([ "$MODE" = cpu ] && echo -smoke)}" INSTALL=0
 export CORPUS="$WORK"
@@ -60,7 +65,7 @@ bash "$ROOT/scripts/make_embedded_autoencoder.sh" 2>&1 | tee -a "$LOG"
 TRAINED=$(($(date +%s) - START))
 
 # ---- results: logs, the exports (CPU tensors), held-out D(E(x)) of both and of the shipped autoencoder
-FINAL="$WORK/runs/embedded-ae/3dae-autoencoder/run/autoencoder"
+FINAL="$WORK/polish/autoencoder"  # the decoder polish's export (step 3 of the recipe)
 rm -rf "$OUTDIR/autoencoder"
 cp -r "$FINAL" "$OUTDIR/autoencoder"
 rm -f "$OUTDIR/autoencoder/bases.pt"  # the bases belong to the joint phase's scenes
@@ -82,13 +87,14 @@ diffusers_logging.set_verbosity_error()  # no advice to install accelerate
 work, outdir, mode, trained, log = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 device = resolve_device("cuda" if mode == "gpu" else "cpu")
 held = torch.from_numpy(np.load(work / "holdout" / "images.npy")).permute(0, 3, 1, 2).to(device)
-sources = {"autoencoder-only": work / "ae" / "autoencoder", "after the joint phase": outdir / "autoencoder",
-           "shipped embedded": EMBEDDED_AUTOENCODER}
+joint = work / "runs" / "embedded-ae" / "3dae-autoencoder" / "run" / "autoencoder"
+sources = {"autoencoder-only": work / "ae" / "autoencoder", "after the joint phase": joint,
+           "after the decoder polish": outdir / "autoencoder", "shipped embedded": EMBEDDED_AUTOENCODER}
 psnr = {name: reconstruction_psnr(load_autoencoder(src).to(device), held) for name, src in sources.items()}
 ae_log = read_log(work / "ae")
 final = [r for r in ae_log if "final_holdout_psnr" in r][-1]
 text = Path(log).read_text()
-seconds = {k: int(v) for k, v in re.findall(r"\[make-ae\] (\d)/3 done in (\d+) s", text)}
+seconds = {k: int(v) for k, v in re.findall(r"\[make-ae\] (\d)/4 done in (\d+) s", text)}
 corpus = re.findall(r"corpus ready: .*\((\d+) s\)", text)
 summary = {"mode": mode, "device": describe_device(device), "wall_s": trained, "phase_s": seconds,
            "corpus_s": int(corpus[-1]) if corpus else None, "ae_steps": final["step"],
@@ -101,7 +107,7 @@ summary = {"mode": mode, "device": describe_device(device), "wall_s": trained, "
 print(f"\ngpu_recipe.sh summary ({mode} mode, {summary['device']}, {trained} s wall)")
 print(f"  step 1: corpus {summary['corpus_s']} s, {final['step']} steps of {summary['batch_size']} crops in "
       f"{final['minutes']:.2f} min ({summary['ms_per_step']} ms a step); whole step 1 {seconds.get('1')} s")
-print(f"  step 2 (joint phase, data included): {seconds.get('2')} s")
+print(f"  step 2 (joint phase, data included): {seconds.get('2')} s; step 3 (decoder polish): {seconds.get('3')} s")
 print(f"  held-out D(E(x)) on {len(held)} views of generated cars never trained on:")
 for name, value in psnr.items():
     print(f"    {name:>22}: {value:.2f} dB")

@@ -34,13 +34,13 @@ def test_cpu_smoke_runs_the_recipe_and_reports(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     text = proc.stdout[proc.stdout.rindex("gpu_recipe.sh summary") :]
     assert re.match(r"gpu_recipe.sh summary \(cpu mode, cpu \(1 thread\), \d+ s wall\)", text)
-    names = "autoencoder-only|after the joint phase|shipped embedded"
+    names = "autoencoder-only|after the joint phase|after the decoder polish|shipped embedded"
     figures = dict(re.findall(rf"^ +({names}): ([\d.]+) dB$", text, re.M))
-    assert len(figures) == 3 and all(float(v) > 5 for v in figures.values()), text
+    assert len(figures) == 4 and all(float(v) > 5 for v in figures.values()), text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ae_steps"] == 4 and summary["batch_size"] == 4 and summary["holdout_views"] == 2
     assert summary["holdout_psnr_db"]["autoencoder-only"] == pytest.approx(float(figures["autoencoder-only"]))
-    assert set(summary["phase_s"]) == {"1", "2"}
+    assert set(summary["phase_s"]) == {"1", "2", "3"}
     # what comes back from OUTDIR: at most 8 files, the final export without the joint scenes' bases
     files = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
     assert files == ["ae-log.jsonl", "ae-only-autoencoder.tar", "autoencoder/3dae_autoencoder.json",
@@ -53,7 +53,12 @@ def test_cpu_smoke_runs_the_recipe_and_reports(tmp_path: Path) -> None:
         assert "autoencoder/diffusion_pytorch_model.safetensors" in tar.getnames()
     start = json.loads((out / "ae-log.jsonl").read_text().splitlines()[0])
     assert start == {"device": "cpu", "batch_size": 4, "from_step": 0}
-    assert "[make-ae] 3/3 skipped (INSTALL=0)" in (out / "recipe.log").read_text()
+    assert "[make-ae] 4/4 skipped (INSTALL=0)" in (out / "recipe.log").read_text()
+    polished, joint = load_autoencoder(out / "autoencoder"), load_autoencoder(
+        tmp_path / "gpu_recipe-work-smoke" / "runs" / "embedded-ae" / "3dae-autoencoder" / "run" / "autoencoder"
+    )
+    assert polished.encoder_identity == joint.encoder_identity, "the polish leaves the encoder as the joint phase made it"
+    assert polished.identity != joint.identity, "the polish trained the decoder"
     assert {f.name: f.stat().st_mtime_ns for f in EMBEDDED.iterdir()} == shipped, "the package's weights stay"
     assert (tmp_path / "gpu_recipe-work-smoke" / "ae" / "state.pt").is_file(), "the work folder is outside OUTDIR"
 
