@@ -54,10 +54,9 @@ def test_cpu_smoke_runs_the_recipe_and_reports(tmp_path: Path) -> None:
     start = json.loads((out / "ae-log.jsonl").read_text().splitlines()[0])
     assert start == {"device": "cpu", "batch_size": 4, "from_step": 0}
     assert "[make-ae] 4/4 skipped (INSTALL=0)" in (out / "recipe.log").read_text()
-    polished, joint = load_autoencoder(out / "autoencoder"), load_autoencoder(
-        tmp_path / "gpu_recipe-work-smoke" / "runs" / "embedded-ae" / "3dae-autoencoder" / "run" / "autoencoder"
-    )
-    assert polished.encoder_identity == joint.encoder_identity, "the polish leaves the encoder as the joint phase made it"
+    joint_run = tmp_path / "gpu_recipe-work-smoke" / "runs" / "embedded-ae" / "3dae-autoencoder" / "run"
+    polished, joint = load_autoencoder(out / "autoencoder"), load_autoencoder(joint_run / "autoencoder")
+    assert polished.encoder_identity == joint.encoder_identity, "the polish leaves the encoder as the joint made it"
     assert polished.identity != joint.identity, "the polish trained the decoder"
     assert {f.name: f.stat().st_mtime_ns for f in EMBEDDED.iterdir()} == shipped, "the package's weights stay"
     assert (tmp_path / "gpu_recipe-work-smoke" / "ae" / "state.pt").is_file(), "the work folder is outside OUTDIR"
