@@ -23,9 +23,10 @@
 #   THREADS [1]    torch CPU threads of step 1
 #   AE_STEPS [5000]  FULL_STEPS [400]  step 1's steps, the last FULL_STEPS of them on whole images
 #   JOINT_STEPS [1200]  WARMUP_STEPS [800]  step 2's steps, the first WARMUP_STEPS of them warm-up
-#   JOINT_AE_WEIGHT [10]  step 2's weight of ‖D(E(x)) − x‖²: the shipped weights (v3, 2026-12-07) were made at 10
-#                  from AE_START = the GPU recipe's autoencoder-only export; at 1.0 (3dae-autoencoder's own default)
-#                  the joint phase costs 2.2 dB of held-out D(E(x)), at 0.1 (v2) 3.3 dB (docs/autoencoder.md)
+#   JOINT_AE_WEIGHT [the method's: 10]  step 2's weight of ‖D(E(x)) − x‖² (--pipeline.model.ae-weight when set): the
+#                  shipped weights (v3, 2026-12-07, polished into v4) were made at 10
+#                  from AE_START = the GPU recipe's autoencoder-only export; at 1.0 (3dae-autoencoder's default
+#                  until 2026-12-08) the joint phase costs 2.2 dB of held-out D(E(x)), at 0.1 (v2) 3.3 dB (docs/autoencoder.md)
 #   JOINT_SCENES [100]  JOINT_VIEWS [24]  JOINT_TEST_VIEWS [4]  step 2's generated cars (seed 7000)
 #   POLISH_STEPS [1500]  step 3's steps (the last 300 on whole images; 0: no polish, the joint export is installed);
 #                  its corpus: POLISH_CARS [300] POLISH_CHAIRS [50] POLISH_TABLES [50] x 16 views in $WORK/polish-corpus
@@ -98,7 +99,7 @@ ns-train 3dae-autoencoder --data "$WORK/joint-scenes" --output-dir "$WORK/runs" 
     --timestamp run --max-num-iterations "$JOINT_STEPS" --vis tensorboard --steps-per-eval-image 500 \
     --steps-per-save 100 --logging.steps-per-log 50 "${RESUME[@]}" "${MACHINE[@]}" \
     --pipeline.model.autoencoder "$START" --pipeline.model.warmup-steps "$WARMUP_STEPS" \
-    --pipeline.model.ae-weight "${JOINT_AE_WEIGHT:-10}" \
+    ${JOINT_AE_WEIGHT:+--pipeline.model.ae-weight "$JOINT_AE_WEIGHT"} \
     --pipeline.datamanager.scenes-per-step 2 --pipeline.datamanager.views-per-scene 2 ${JOINT_ARGS:-}
 echo "[make-ae] 2/4 done in $SECONDS s"
 

@@ -326,8 +326,9 @@ def test_convergence_figures_from_the_curves_and_a_latent_run_that_never_gets_th
 
 def test_resume_reruns_the_stages_when_the_autoencoder_or_the_data_changed(tiny_dataset, tmp_path, monkeypatch):
     """--resume keys a finished stage by the contents of the autoencoder and of the data, not only by their names:
-    nothing changed, every stage is read back; new weights under the same file name, an edited transforms.json or a
-    rewritten image, every stage runs again. (Training is replaced by recorders: the key is what is tested.)"""
+    nothing changed, every stage is read back; new weights under the same file name, an edited transforms.json, a
+    rewritten image or a method default changed in the code, every stage runs again. (Training is replaced by
+    recorders: the key is what is tested.)"""
     import nerfstudio_3dae.bench.compare as compare_module
     from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER, RUN_EXPORT
     from nerfstudio_3dae.bench.fingerprint import autoencoder_fingerprint
@@ -367,7 +368,18 @@ def test_resume_reruns_the_stages_when_the_autoencoder_or_the_data_changed(tiny_
     transforms.write_text(json.dumps(meta))
     assert compare() == everything and compare() == [], "a compared scene's transforms.json changed"
     os.utime(data / "obj_000" / "images" / "0001.png", ns=(1, 1))
-    assert compare() == everything, "a stage-1 image was rewritten (its modification time changed)"
+    assert compare() == everything and compare() == [], "a stage-1 image was rewritten (its modification time changed)"
+    from nerfstudio_3dae import method_configs
+
+    shipped = method_configs.autoencoder_method
+
+    def other_default():
+        config = shipped()
+        config.pipeline.model.ae_weight = 3.0  # as if the code's default had changed
+        return config
+
+    monkeypatch.setattr(method_configs, "autoencoder_method", other_default)
+    assert compare() == everything, "a method's default changed in the code"
     # the embedded autoencoder is fingerprinted by its files; a run folder by its export
     assert autoencoder_fingerprint("embedded") == autoencoder_fingerprint(str(EMBEDDED_AUTOENCODER))
     assert autoencoder_fingerprint(str(tmp_path / "out" / "runs" / "stage1")) == autoencoder_fingerprint(

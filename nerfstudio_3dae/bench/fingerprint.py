@@ -3,6 +3,8 @@ only when the autoencoder and the dataset it was made from are still the same, n
 
 * :func:`autoencoder_fingerprint`: a SHA-256 of every file of the autoencoder's folder (config, weights, the bases
   of a 3dae-autoencoder export), read as bytes: nothing is loaded, so the model is not built twice.
+* :func:`method_defaults_fingerprint`: a SHA-256 of the three methods' default pipeline and optimizer configs, so a
+  default changed in the code (stage 1's ``ae_weight``, a schedule) does not pass unseen;
 * :func:`dataset_fingerprint`: a SHA-256 of ``scenes.json`` and every ``transforms*.json`` of the used scenes (their
   bytes), and of each image those scenes list, by name, size and modification time (a stand-in for its bytes: an
   image rewritten in place with the same size and time would pass unseen; one merely touched counts as changed).
@@ -85,10 +87,23 @@ def _relative(path: Path, folder: Path) -> str:
         return str(path)
 
 
+def method_defaults_fingerprint() -> str:
+    """A SHA-256 of the three methods' pipeline and optimizer configs as the package defines them (their dataclass
+    reprs): a default changed in the code (a weight, a schedule, a rate) makes earlier stages stale."""
+    from nerfstudio_3dae.method_configs import autoencoder_method, latent_method, rgb_method
+
+    digest = hashlib.sha256()
+    for method in (autoencoder_method, rgb_method, latent_method):
+        config = method()
+        digest.update((repr(config.pipeline) + repr(config.optimizers)).encode())
+    return digest.hexdigest()
+
+
 def compare_fingerprints(autoencoder: str, data: Optional[Path], scenes: Sequence[int]) -> Dict[str, Optional[str]]:
-    """The fingerprints a compare's resume key holds: the autoencoder's and, with ``data``, the dataset's over
-    ``scenes`` (None for generated scenes, which are keyed by their seed and preset)."""
+    """The fingerprints a compare's resume key holds: the autoencoder's, the methods' defaults and, with ``data``,
+    the dataset's over ``scenes`` (None for generated scenes, which are keyed by their seed and preset)."""
     return {
         "autoencoder": autoencoder_fingerprint(autoencoder),
+        "methods": method_defaults_fingerprint(),
         "data": None if data is None else dataset_fingerprint(Path(data), scenes),
     }
