@@ -41,10 +41,22 @@ def resolve_autoencoder(
                 "(docs/autoencoder.md), or pass --pipeline.model.autoencoder FOLDER|HUB_ID"
             )
         return load_autoencoder(EMBEDDED_AUTOENCODER, kind, normaliser)  # type: ignore[arg-type]
+    folder = autoencoder_folder(source)  # None: a hub id (or a path that is not there: load_autoencoder names it)
+    return load_autoencoder(source if folder is None else folder, kind, normaliser)  # type: ignore[arg-type]
+
+
+def autoencoder_folder(source: str) -> Optional[Path]:
+    """The local folder of the autoencoder a model's ``autoencoder`` option names: the embedded weights, a
+    3dae-autoencoder run's ``autoencoder/`` export, or a diffusers folder; None for ``scratch`` (built by code) and
+    for anything that is no folder here (a hub id)."""
+    if source == "scratch":
+        return None
+    if source == "embedded":
+        return EMBEDDED_AUTOENCODER
     path = Path(source).expanduser()
     if (path / RUN_EXPORT / "config.json").is_file():  # a 3dae-autoencoder run folder
-        path = path / RUN_EXPORT
-    return load_autoencoder(path if path.exists() else source, kind, normaliser)  # type: ignore[arg-type]
+        return path / RUN_EXPORT
+    return path if path.is_dir() else None
 
 
 def bases_beside_autoencoder(source: str) -> Optional[Path]:

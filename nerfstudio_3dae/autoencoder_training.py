@@ -336,7 +336,7 @@ class _Run:
                 sample_size=c.resolution,
             )
             self.ae = build_autoencoder(config, "kl", seed=c.seed).to(device)
-        if self.ae.factor > 1 and c.crop % self.ae.factor:
+        if c.crop % self.ae.factor:
             raise ValueError(f"--crop {c.crop} is not a multiple of the autoencoder factor {self.ae.factor}")
         learning = []
         for name, param in self.ae.model.named_parameters():

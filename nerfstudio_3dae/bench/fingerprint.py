@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, Optional, Sequence
 
-from nerfstudio_3dae.autoencoder_source import EMBEDDED_AUTOENCODER, RUN_EXPORT
+from nerfstudio_3dae.autoencoder_source import autoencoder_folder
 from nerfstudio_3dae.data.layout import SCENES_INDEX, read_scene, read_scene_names
 
 _CHUNK = 1 << 20
@@ -36,20 +36,6 @@ def folder_digest(folder: Path) -> str:
         digest.update(f"{path.relative_to(folder).as_posix()}\n".encode())
         _hash_file(digest, path)
     return digest.hexdigest()[:16]
-
-
-def autoencoder_folder(source: str) -> Optional[Path]:
-    """The folder whose files make the autoencoder named by a model's ``autoencoder`` option (the embedded one, a
-    3dae-autoencoder run's export, a diffusers folder), or None for ``scratch`` (built by code, seed 0) and hub
-    ids."""
-    if source == "scratch":
-        return None
-    if source == "embedded":
-        return EMBEDDED_AUTOENCODER
-    path = Path(source).expanduser()
-    if (path / RUN_EXPORT / "config.json").is_file():
-        return path / RUN_EXPORT
-    return path if path.is_dir() else None
 
 
 def autoencoder_fingerprint(source: str) -> str:
