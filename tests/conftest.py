@@ -47,6 +47,29 @@ def tool_env(one_thread: bool = False, bin_on_path: bool = False, **extra: str) 
     return env
 
 
+def run_in_one_process(
+    commands: List[Dict[str, Any]], cwd: Path, env: Dict[str, str], scratch: Path, timeout: float = 900
+) -> List[Dict[str, Any]]:
+    """Run tool ``commands`` (``{"argv": [...], "env": {...}}``) one after another in one Python process
+    (tests/doc_runner.py: nerfstudio's imports, most of a tiny command's time, paid once); the runner must get
+    through all of them (each one's ``code``, ``seconds`` and ``output`` is returned, in order)."""
+    import json
+    import subprocess
+
+    spec, results_file = scratch / "commands.json", scratch / "results.json"
+    spec.write_text(json.dumps([{"argv": [str(a) for a in c["argv"]], "env": c["env"]} for c in commands]))
+    results_file.unlink(missing_ok=True)
+    runner = [sys.executable, str(Path(__file__).with_name("doc_runner.py")), str(spec), str(results_file)]
+    proc = subprocess.run(runner, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    results = json.loads(results_file.read_text()) if results_file.exists() else []
+    assert proc.returncode == 0 and len(results) == len(commands), (
+        f"the command runner stopped after {len(results)} of {len(commands)} commands:\n{proc.stdout[-3000:]}\n"
+        f"{proc.stderr[-3000:]}")  # fmt: skip
+    for result in results:
+        result["runner_log"] = f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+    return results
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line(
         "markers",

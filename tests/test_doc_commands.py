@@ -22,7 +22,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
-from conftest import BIN, free_port, look_at_c2w, tool_env
+from conftest import BIN, free_port, look_at_c2w, run_in_one_process, tool_env
 from srn_layout import write_srn_cars
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,15 +232,7 @@ def test_the_docs_show_the_commands_this_test_knows():
 
 def _run_batch(commands: List[DocCommand], work: Path, env: Dict[str, str], scratch: Path) -> List[str]:
     """Run ``commands`` in order in one process (tests/doc_runner.py); the failures, described."""
-    spec, results_file = scratch / "commands.json", scratch / "results.json"
-    spec.write_text(json.dumps([{"argv": c.argv, "env": c.env} for c in commands]))
-    results_file.unlink(missing_ok=True)
-    runner = [sys.executable, str(Path(__file__).with_name("doc_runner.py")), str(spec), str(results_file)]
-    proc = subprocess.run(runner, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
-    results = json.loads(results_file.read_text()) if results_file.exists() else []
-    assert proc.returncode == 0 and len(results) == len(commands), (
-        f"the command runner stopped after {len(results)} of {len(commands)} commands:\n{proc.stdout[-3000:]}\n"
-        f"{proc.stderr[-3000:]}")  # fmt: skip
+    results = run_in_one_process([{"argv": c.argv, "env": c.env} for c in commands], work, env, scratch, 1800)
     failures = []
     for command, result in zip(commands, results, strict=True):
         print(f"{result['seconds']:6.1f} s  {command.where}  {shlex.join(command.argv)}")
@@ -249,7 +240,7 @@ def _run_batch(commands: List[DocCommand], work: Path, env: Dict[str, str], scra
             failures.append(f"{command.where}: {command.text}\n  ran as: {shlex.join(command.argv)}\n  exit code "
                             f"{result['code']}\n{result['output'][-2000:]}")  # fmt: skip
     if failures:
-        print(proc.stdout[-6000:], proc.stderr[-6000:])
+        print(results[-1]["runner_log"])
     return failures
 
 

@@ -8,14 +8,13 @@ import json
 import math
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, look_at_c2w, tool_env
+from conftest import BIN, look_at_c2w, run_in_one_process, tool_env
 from PIL import Image
 
 from nerfstudio_3dae.data.synth.generate import generate_dataset
@@ -101,19 +100,14 @@ def test_ns_eval_reports_every_space_and_every_scene(trained, tmp_path):
     assert grid.shape[0] > 2 * first.height  # a row per scene (two scenes)
 
 
-def run_in_one_process(commands: List[Tuple[list, Dict[str, str]]], scratch: Path) -> None:
-    """Run tool commands (argv, extra environment) one after another in one Python process (tests/doc_runner.py:
-    nerfstudio's imports, most of a tiny render's time, paid once); each must exit with 0."""
-    spec, results_file = scratch / "commands.json", scratch / "results.json"
-    spec.write_text(json.dumps([{"argv": [str(a) for a in argv], "env": env} for argv, env in commands]))
-    runner = [sys.executable, str(Path(__file__).with_name("doc_runner.py")), str(spec), str(results_file)]
-    proc = subprocess.run(runner, cwd=scratch, env=tool_env(bin_on_path=True), capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
-    results = json.loads(results_file.read_text()) if results_file.exists() else []
-    log = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0 and len(results) == len(commands), f"stopped after {len(results)} commands:\n{log}"
+def run_tools(commands: List[Tuple[list, Dict[str, str]]], scratch: Path) -> None:
+    """Run tool commands (argv, extra environment) in one Python process (:func:`conftest.run_in_one_process`);
+    each must exit with 0."""
+    results = run_in_one_process([{"argv": argv, "env": env} for argv, env in commands], scratch,
+                                 tool_env(bin_on_path=True), scratch)  # fmt: skip
     for result in results:
-        assert result["code"] == 0, f"{shlex.join(result['argv'])} failed:\n{result['output'][-3000:]}\n{log}"
+        ran = shlex.join(result["argv"])
+        assert result["code"] == 0, f"{ran} failed:\n{result['output'][-3000:]}\n{result['runner_log']}"
 
 
 def test_ns_render_modes_and_scene_choice(trained, tmp_path):
@@ -125,7 +119,7 @@ def test_ns_render_modes_and_scene_choice(trained, tmp_path):
     camera_path = [(["ns-render", "camera-path", "--load-config", trained, "--camera-path-filename",
                      tmp_path / "path.json", "--output-path", tmp_path / scene, "--output-format", "images"],
                     {"NS3DAE_SCENE": scene}) for scene in scenes]  # fmt: skip
-    run_in_one_process(camera_path + [
+    run_tools(camera_path + [
         (["ns-render", "interpolate", "--load-config", trained, "--output-path", tmp_path / "interp.mp4",
           "--interpolation-steps", 2, "--frame-rate", 4], {}),
         (["ns-3dae-render", "spiral", "--load-config", trained, "--output-path", tmp_path / "spiral.mp4",
